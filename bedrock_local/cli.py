@@ -1,0 +1,91 @@
+"""The `bedrock-local` command: `serve` (API and worker processes) and `worker` (a worker only)."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from bedrock_local.settings import Settings
+
+log = logging.getLogger("bedrock_local")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=Path(".bedrock-local"),
+                        help="where the SQLite file, the embedded object store (<data-dir>/s3/<bucket>/<key>) and caches live")
+    parser.add_argument("--database-url", help="a SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in the data dir)")
+    parser.add_argument("--s3-endpoint-url", help="an S3 endpoint for s3:// URIs and model artifacts (default: the embedded folder store)")
+    parser.add_argument("--model-bucket", default="bedrock-local-models", help="the bucket that holds custom model artifacts")
+    parser.add_argument("--lease-seconds", type=float, default=30.0, help="how long a worker's claim on a job lasts without a heartbeat")
+    parser.add_argument("--log-level", default="info")
+
+
+def _settings(args: argparse.Namespace, **extra) -> Settings:
+    return Settings(data_dir=args.data_dir, database_url=args.database_url, s3_endpoint_url=args.s3_endpoint_url,
+                    model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, **extra)
+
+
+def _open_stores(settings: Settings):
+    from bedrock_local.storage import open_object_store
+    from bedrock_local.store.database import open_database
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = open_database(settings.resolved_database_url)
+    objects = open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
+    objects.ensure_bucket(settings.model_bucket)
+    return db, objects
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from bedrock_local.api.app import create_app
+    from bedrock_local.jobs.worker import start_worker_processes, stop_worker_processes
+
+    settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
+                         credentials_file=args.credentials_file)
+    db, objects = _open_stores(settings)
+    app = create_app(settings, db, objects)
+    if app.state.api.accounts.open_mode:
+        log.warning("no --credentials-file: open mode, requests are not authenticated and every access key "
+                    "is account %s", settings.default_account)
+    workers = start_worker_processes(settings, settings.workers)
+    log.info("bedrock-local on http://%s:%s, data in %s, %d worker(s)", settings.host, settings.port,
+             settings.data_dir.resolve(), len(workers))
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
+    finally:
+        stop_worker_processes(workers)
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    from bedrock_local.jobs.worker import worker_main
+
+    settings = _settings(args)
+    _open_stores(settings)
+    worker_main(settings)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bedrock-local", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the API server and its worker processes")
+    _common(serve_parser)
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=8700)
+    serve_parser.add_argument("--workers", type=int, default=1, help="worker processes to start (0: an API-only node)")
+    serve_parser.add_argument("--credentials-file", type=Path,
+                              help='JSON: {"<access key id>": {"secretAccessKey": "...", "accountId": "111111111111"}}')
+    serve_parser.set_defaults(run=serve)
+    worker_parser = commands.add_parser("worker", help="run one worker process (no API) against a shared database")
+    _common(worker_parser)
+    worker_parser.set_defaults(run=worker)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

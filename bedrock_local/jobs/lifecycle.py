@@ -1,0 +1,29 @@
+"""Legal status moves of each resource kind, as the AWS user guide documents them.
+Every status change made by a job goes through `move`, so an illegal move cannot be stored."""
+
+from bedrock_local.store.resources import update
+from bedrock_local.store.schema import Resource
+
+TRANSITIONS: dict[str, dict[str, set[str]]] = {
+    "custom-model": {
+        "Creating": {"Active", "Failed"},
+    },
+    "model-copy-job": {
+        "InProgress": {"Completed", "Failed"},
+    },
+}
+
+
+class IllegalTransition(Exception):
+    pass
+
+
+def move(resource: Resource, status: str, **body_changes) -> None:
+    allowed = TRANSITIONS.get(resource.kind, {}).get(resource.status, set())
+    if status != resource.status and status not in allowed:
+        raise IllegalTransition(f"{resource.kind} {resource.arn}: {resource.status} -> {status} is not a legal move")
+    update(resource, status=status, **body_changes)
+
+
+def is_final(resource: Resource) -> bool:
+    return not TRANSITIONS.get(resource.kind, {}).get(resource.status)

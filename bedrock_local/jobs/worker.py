@@ -1,0 +1,198 @@
+"""Worker processes: each claims jobs from the queue, runs the handler of the job's kind with a
+heartbeat thread renewing its lease, honours Stop, and ends the job (done, or failed with a
+message a user can act on). `bedrock-local serve` starts them; ML work runs only here."""
+
+import abc
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+
+from bedrock_local.jobs import queue
+from bedrock_local.jobs.lifecycle import is_final
+from bedrock_local.settings import Settings
+from bedrock_local.storage import ObjectStore, open_object_store
+from bedrock_local.store.database import Database, open_database
+from bedrock_local.store.schema import Resource
+
+log = logging.getLogger("bedrock_local.worker")
+
+MAX_ATTEMPTS = 3
+
+
+class LeaseLost(Exception):
+    """Another worker took the job over; this one must stop touching it."""
+
+
+class JobStopped(Exception):
+    """The user asked the job to stop."""
+
+
+@dataclass
+class JobContext:
+    """What a handler gets: the stores, its job's identity, checkpoints and stop/lease signals."""
+
+    db: Database
+    objects: ObjectStore
+    settings: Settings
+    claim: queue.Claim
+    worker_id: str
+    checkpoint: dict = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lost: threading.Event = field(default_factory=threading.Event)
+    _done: threading.Event = field(default_factory=threading.Event)
+    progress: dict | None = None
+
+    @property
+    def resource_pk(self) -> int:
+        return self.claim.resource_pk
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def check(self) -> None:
+        """Raise if the lease is lost or a stop was requested (call between units of work)."""
+        if self._lost.is_set():
+            raise LeaseLost()
+        if self._stop.is_set():
+            raise JobStopped()
+
+    def save_checkpoint(self, checkpoint: dict) -> None:
+        with self.db.session() as session, session.begin():
+            if not queue.save_checkpoint(session, self.claim.job_pk, self.worker_id, checkpoint):
+                self._lost.set()
+                raise LeaseLost()
+        self.checkpoint = checkpoint
+
+    def resource(self, session) -> Resource:
+        return session.get(Resource, self.resource_pk)
+
+
+class Handler(abc.ABC):
+    """One kind of job. `run` does the work (resuming from ctx.checkpoint); `fail` records why it ended."""
+
+    kind: str = ""
+
+    @abc.abstractmethod
+    def run(self, ctx: JobContext) -> None: ...
+
+    @abc.abstractmethod
+    def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None: ...
+
+    def stopped(self, ctx: JobContext, session, resource: Resource) -> None:
+        self.fail(ctx, session, resource, "The job was stopped.")
+
+
+def handlers() -> dict[str, Handler]:
+    from bedrock_local.jobs.model_copy import ModelCopyHandler
+    from bedrock_local.jobs.model_import import ModelImportHandler
+    return {h.kind: h for h in (ModelImportHandler(), ModelCopyHandler())}
+
+
+class Worker:
+    def __init__(self, settings: Settings, db: Database | None = None, objects: ObjectStore | None = None):
+        self.settings = settings
+        self.db = db or open_database(settings.resolved_database_url, migrate=False)
+        self.objects = objects or open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.handlers = handlers()
+        self.stopping = threading.Event()
+
+    def run_forever(self) -> None:
+        log.info("worker %s started", self.worker_id)
+        while not self.stopping.is_set():
+            if not self.run_once():
+                self.stopping.wait(self.settings.poll_seconds)
+
+    def run_once(self) -> bool:
+        claim = queue.claim(self.db, self.worker_id, self.settings.lease_seconds, tuple(self.handlers))
+        if claim is None:
+            return False
+        self._run(claim)
+        return True
+
+    def _run(self, claim: queue.Claim) -> None:
+        handler = self.handlers[claim.kind]
+        ctx = JobContext(self.db, self.objects, self.settings, claim, self.worker_id, dict(claim.checkpoint or {}))
+        with self.db.read_session() as session:
+            resource = session.get(Resource, claim.resource_pk)
+            if resource is None or is_final(resource):
+                self._end(ctx, None)
+                return
+        if claim.attempts > MAX_ATTEMPTS:
+            self._end(ctx, lambda s, r: handler.fail(
+                ctx, s, r, f"The job was interrupted {claim.attempts - 1} times (worker lost) and was not retried again."))
+            return
+        beat = threading.Thread(target=self._heartbeat, args=(ctx,), daemon=True)
+        beat.start()
+        try:
+            handler.run(ctx)
+            self._end(ctx, None)
+        except LeaseLost:
+            log.warning("job %s: lease lost, leaving it to its new owner", claim.job_pk)
+        except JobStopped:
+            self._end(ctx, lambda s, r: handler.stopped(ctx, s, r))
+        except Exception as exc:  # the job fails; the worker goes on
+            log.error("job %s failed: %s", claim.job_pk, traceback.format_exc())
+            message = str(exc) or exc.__class__.__name__
+            self._end(ctx, lambda s, r: handler.fail(ctx, s, r, message))
+        finally:
+            ctx._done.set()
+            beat.join(timeout=5)
+
+    def _end(self, ctx: JobContext, record) -> None:
+        with self.db.session() as session, session.begin():
+            resource = session.get(Resource, ctx.resource_pk)
+            if record is not None and resource is not None and not is_final(resource):
+                record(session, resource)
+            queue.finish(session, ctx.claim.job_pk, self.worker_id)
+
+    def _heartbeat(self, ctx: JobContext) -> None:
+        interval = max(0.2, self.settings.lease_seconds / 5)
+        while not ctx._done.wait(interval):
+            try:
+                ours, stop = queue.heartbeat(self.db, ctx.claim.job_pk, self.worker_id,
+                                             self.settings.lease_seconds, ctx.progress)
+            except Exception:  # a passing database error: try again at the next beat
+                log.warning("heartbeat failed: %s", traceback.format_exc(limit=1))
+                continue
+            if stop:
+                ctx._stop.set()
+            if not ours:
+                ctx._lost.set()
+
+
+def worker_main(settings: Settings) -> None:
+    """Entry point of a worker process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
+    worker.run_forever()
+
+
+def start_worker_processes(settings: Settings, count: int) -> list[multiprocessing.Process]:
+    context = multiprocessing.get_context("spawn")
+    processes = []
+    for index in range(count):
+        process = context.Process(target=worker_main, args=(settings,), name=f"bedrock-local-worker-{index}", daemon=True)
+        process.start()
+        processes.append(process)
+    return processes
+
+
+def stop_worker_processes(processes: list[multiprocessing.Process], timeout: float = 10.0) -> None:
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.1, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()

@@ -1,0 +1,120 @@
+"""Custom models: CreateCustomModel (import an HF folder from S3), GetCustomModel,
+ListCustomModels and DeleteCustomModel. The import itself runs as a job on a worker."""
+
+from sqlalchemy import false
+
+from bedrock_local.jobs import queue
+from bedrock_local.jobs.artifacts import model_location
+from bedrock_local.service.common import (Pager, creation_time_filters, idempotent_replay, insert_unique,
+                                          make_arn, new_id, parse_arn, public, request_hash)
+from bedrock_local.service.context import Context
+from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
+from bedrock_local.service.registry import operation
+from bedrock_local.storage import InvalidS3Uri, S3Location
+from bedrock_local.store import resources
+from bedrock_local.store.schema import Resource
+
+
+KIND = "custom-model"
+DEPLOYMENT_KIND = "custom-model-deployment"
+
+
+def parse_s3_uri(uri: str, member: str) -> S3Location:
+    try:
+        return S3Location.parse(uri)
+    except InvalidS3Uri as exc:
+        raise ValidationException(f"Invalid S3 URI at '{member}': {exc}")
+
+
+def find_model(session, ctx: Context, identifier: str) -> Resource:
+    """A custom model of the caller's account and region, by ARN or name."""
+    if identifier.startswith("arn:"):
+        parts = parse_arn(identifier)
+        found = None
+        if parts and (parts["account"], parts["region"]) == (ctx.account, ctx.region):
+            found = resources.find(session, ctx.scope, KIND, arn=identifier)
+    else:
+        found = resources.find(session, ctx.scope, KIND, name=identifier)
+    if found is None:
+        raise ResourceNotFoundException(f"The custom model '{identifier}' does not exist.")
+    return found
+
+
+def describe(resource: Resource) -> dict:
+    body = public(resource.body)
+    body.update(modelArn=resource.arn, modelName=resource.name, creationTime=resource.created_at,
+                modelStatus=resource.status)
+    return body
+
+
+@operation("CreateCustomModel")
+def create_custom_model(ctx: Context, params: dict) -> dict:
+    source = parse_s3_uri(params["modelSourceConfig"]["s3DataSource"]["s3Uri"], "modelSourceConfig.s3DataSource.s3Uri")
+    with ctx.db.session() as session, session.begin():
+        earlier = idempotent_replay(session, ctx, KIND, params)
+        if earlier is not None:
+            return {"modelArn": earlier.arn}
+        if resources.name_taken(session, ctx.scope, KIND, params["modelName"]):
+            raise ConflictException(f"A custom model with the name '{params['modelName']}' already exists.")
+        model_id = new_id()
+        body = {"customizationType": "IMPORTED", "modelKmsKeyArn": params.get("modelKmsKeyArn"),
+                "ownerAccountId": ctx.account, "_source": source.uri, "_requestHash": request_hash(params),
+                "_artifacts": model_location(ctx.settings, ctx.account, ctx.region, model_id).uri}
+        resource = insert_unique(
+            session, KIND, "custom model", account=ctx.account, region=ctx.region, resource_id=model_id,
+            arn=make_arn(ctx, f"custom-model/imported/{model_id}"), name=params["modelName"],
+            unique_name=params["modelName"], status="Creating", client_token=params.get("clientRequestToken"),
+            body={k: v for k, v in body.items() if v is not None}, tags=params.get("modelTags"))
+        queue.enqueue(session, resource, "model-import")
+        return {"modelArn": resource.arn}
+
+
+@operation("GetCustomModel")
+def get_custom_model(ctx: Context, params: dict) -> dict:
+    with ctx.db.read_session() as session:
+        return describe(find_model(session, ctx, params["modelIdentifier"]))
+
+
+@operation("ListCustomModels")
+def list_custom_models(ctx: Context, params: dict) -> dict:
+    conditions = creation_time_filters(params)
+    if params.get("nameContains"):
+        conditions.append(Resource.name.contains(params["nameContains"], autoescape=True))
+    if params.get("baseModelArnEquals"):
+        conditions.append(Resource.ref_arn == params["baseModelArnEquals"])
+    if params.get("foundationModelArnEquals"):
+        conditions.append(Resource.origin_arn == params["foundationModelArnEquals"])
+    if params.get("modelStatus"):
+        conditions.append(Resource.status == params["modelStatus"])
+    if params.get("isOwned") is False:
+        conditions.append(false())  # no model is shared with an account here: every model is owned
+    pager = Pager(ctx, "ListCustomModels", params, [
+        "creationTimeBefore", "creationTimeAfter", "nameContains", "baseModelArnEquals",
+        "foundationModelArnEquals", "isOwned", "modelStatus", "sortBy"])
+    with ctx.db.read_session() as session:
+        rows, token = pager.page(session, KIND, conditions)
+    summaries = []
+    for row in rows:
+        model = describe(row)
+        summaries.append({k: model.get(k) for k in (
+            "modelArn", "modelName", "creationTime", "baseModelArn", "baseModelName", "customizationType",
+            "ownerAccountId", "modelStatus")})
+    return {"modelSummaries": summaries, "nextToken": token}
+
+
+@operation("DeleteCustomModel")
+def delete_custom_model(ctx: Context, params: dict) -> dict:
+    with ctx.db.session() as session, session.begin():
+        model = find_model(session, ctx, params["modelIdentifier"])
+        if model.status == "Creating":
+            raise ConflictException(f"The custom model '{model.name}' is still being created; delete it once it is Active or Failed.")
+        in_use = resources.page(session, ctx.scope, DEPLOYMENT_KIND, [Resource.ref_arn == model.arn],
+                                descending=True, limit=1, after=None)
+        if in_use:
+            raise ConflictException(
+                f"The custom model '{model.name}' is used by the deployment {in_use[0].arn}; delete the deployment first.")
+        artifacts = model.body.get("_artifacts")
+        resources.delete_resource(session, model)
+    if artifacts:
+        ctx.objects.delete_prefix(S3Location.parse(artifacts))
+    return {}

@@ -1,0 +1,31 @@
+"""The configuration of one bedrock-local process, from command-line flags."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(".bedrock-local")
+    host: str = "127.0.0.1"
+    port: int = 8700
+    database_url: str | None = None        # default: sqlite file in the data dir
+    s3_endpoint_url: str | None = None     # default: the embedded folder store
+    workers: int = 1
+    credentials_file: Path | None = None
+    model_bucket: str = "bedrock-local-models"
+    lease_seconds: float = 30.0
+    poll_seconds: float = 0.5
+    default_account: str = "123456789012"
+    default_region: str = "us-east-1"
+    s3_options: dict = field(default_factory=dict)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'bedrock-local.db').resolve()}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"

@@ -107,7 +107,11 @@ def check_hf_model_folder(path: Path, load: bool = True) -> ModelCheck:
                 f"{CONFIG_FILE}: {architecture} cannot be built from this config: {exc}"
             ) from exc
     unexpected = _compare_tensors(meta_model, headers)
-    parameter_count = sum(p.numel() for p in meta_model.parameters())
+    # Tied weights (lm_head = embed_tokens) count once, as they do once the model is loaded.
+    tied_targets = set(getattr(meta_model, "all_tied_weights_keys", None) or ())
+    parameter_count = sum(
+        p.numel() for n, p in meta_model.named_parameters(remove_duplicate=False) if n not in tied_targets
+    )
     del meta_model
 
     if load:

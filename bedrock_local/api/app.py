@@ -25,7 +25,7 @@ from bedrock_local.store.database import Database
 
 log = logging.getLogger("bedrock_local.api")
 
-METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
+METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]  # every one answers in the envelope
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 

@@ -20,6 +20,7 @@ from botocore.utils import parse_timestamp
 from bedrock_local.service.errors import BedrockError, ValidationException
 
 _LABEL = re.compile(r"\{([^}]+)\}")
+_ONE_ERROR = "1 validation error detected: "  # the prefix of AWS's ValidationException messages
 
 
 class UnknownOperation(Exception):
@@ -179,8 +180,8 @@ class RestJsonCodec:
             if kind == "string" and shape.serialization.get("jsonvalue"):
                 return json.loads(base64.b64decode(text))
         except (ValueError, TypeError, OverflowError):
-            raise SerializationError(
-                f"Value '{text[:200]}' at '{where}' failed to satisfy constraint: Member must be of type {kind}")
+            raise SerializationError(f"{_ONE_ERROR}Value '{text[:200]}' at '{where}' failed to satisfy constraint: "
+                                     f"Member must be of type {kind}")
         return text
 
     def _parse_json_value(self, value, shape: Shape, where: str):
@@ -202,13 +203,13 @@ class RestJsonCodec:
             try:
                 return parse_timestamp(value)
             except (ValueError, TypeError, OverflowError):
-                raise SerializationError(
-                    f"Value '{str(value)[:200]}' at '{where}' failed to satisfy constraint: Member must be a timestamp")
+                raise SerializationError(f"{_ONE_ERROR}Value '{str(value)[:200]}' at '{where}' failed to satisfy "
+                                         f"constraint: Member must be of type timestamp")
         if kind == "blob" and isinstance(value, str):
             try:
                 return base64.b64decode(value, validate=True)
             except ValueError:
-                raise SerializationError(f"Value at '{where}' failed to satisfy constraint: Member must be base64")
+                raise SerializationError(f"{_ONE_ERROR}Value at '{where}' failed to satisfy constraint: Member must be base64")
         if kind in ("double", "float") and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         return value

@@ -17,12 +17,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--s3-endpoint-url", help="an S3 endpoint for s3:// URIs and model artifacts (default: the embedded folder store)")
     parser.add_argument("--model-bucket", default="bedrock-local-models", help="the bucket that holds custom model artifacts")
     parser.add_argument("--lease-seconds", type=float, default=30.0, help="how long a worker's claim on a job lasts without a heartbeat")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="where models are unpacked for loading (default: <data-dir>/cache); may be shared by servers")
+    parser.add_argument("--batch-min-records", type=int, default=1, help="quota: fewest records a batch job may have")
+    parser.add_argument("--batch-max-records", type=int, default=50_000, help="quota: most records per batch job")
+    parser.add_argument("--batch-max-records-per-file", type=int, default=50_000,
+                        help="quota: most records per batch input file")
+    parser.add_argument("--job-hour-seconds", type=float, default=3600.0,
+                        help="seconds that count as one hour for job timeouts and expiry (for tests; default 3600)")
     parser.add_argument("--log-level", default="info")
 
 
 def _settings(args: argparse.Namespace, **extra) -> Settings:
     return Settings(data_dir=args.data_dir, database_url=args.database_url, s3_endpoint_url=args.s3_endpoint_url,
-                    model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, **extra)
+                    model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, cache_root=args.cache_dir,
+                    batch_min_records=args.batch_min_records, batch_max_records=args.batch_max_records,
+                    batch_max_records_per_file=args.batch_max_records_per_file, hour_seconds=args.job_hour_seconds,
+                    **extra)
 
 
 def _open_stores(settings: Settings):

@@ -19,6 +19,13 @@ class Settings:
     default_account: str = "123456789012"
     default_region: str = "us-east-1"
     s3_options: dict = field(default_factory=dict)
+    cache_root: Path | None = None         # default: <data-dir>/cache
+    # batch inference quotas (AWS: 50,000 records per job and per file; AWS also asks for at least 100)
+    batch_min_records: int = 1
+    batch_max_records: int = 50_000
+    batch_max_records_per_file: int = 50_000
+    # how many seconds count as one hour for job timeouts and expiry (3600; tests shorten it)
+    hour_seconds: float = 3600.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -28,4 +35,4 @@ class Settings:
 
     @property
     def cache_dir(self) -> Path:
-        return self.data_dir / "cache"
+        return self.cache_root or self.data_dir / "cache"

@@ -18,6 +18,8 @@ from botocore.config import Config
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 POSTGRES_BASE = os.environ.get("BEDROCK_LOCAL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 DEFAULT_KEY = "AKIDEXAMPLE"
+# one model cache for every server of the run, so the packaged GGUF is converted once, not per server
+SHARED_CACHE = Path(os.environ.get("BEDROCK_LOCAL_TEST_CACHE", Path(__file__).parent.parent / ".test-cache"))
 
 
 def free_port() -> int:
@@ -63,7 +65,7 @@ class Server:
     def command(self) -> list[str]:
         args = [sys.executable, "-m", "bedrock_local.cli", "serve", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--workers", str(self.workers),
-                "--lease-seconds", str(self.lease_seconds)]
+                "--lease-seconds", str(self.lease_seconds), "--cache-dir", str(SHARED_CACHE)]
         if self.database_url:
             args += ["--database-url", self.database_url]
         if self.s3_endpoint_url:

@@ -11,6 +11,13 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
     "model-copy-job": {
         "InProgress": {"Completed", "Failed"},
     },
+    "model-invocation-job": {
+        "Submitted": {"Validating", "Stopping", "Stopped", "Failed", "Expired"},
+        "Validating": {"Scheduled", "Stopping", "Stopped", "Failed"},
+        "Scheduled": {"InProgress", "Stopping", "Stopped", "Failed", "Expired"},
+        "InProgress": {"Completed", "PartiallyCompleted", "Stopping", "Failed"},
+        "Stopping": {"Stopped", "Failed"},
+    },
 }
 
 

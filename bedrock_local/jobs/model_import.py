@@ -2,11 +2,10 @@
 location into the model store (with checksums), load it to prove it works, then Active; or
 Failed with a message that names the file and the problem."""
 
-from pathlib import Path
-
 from bedrock_local.jobs.artifacts import (copy_object, download_model, read_manifest, relative_name,
                                           write_manifest)
 from bedrock_local.jobs.lifecycle import move
+from bedrock_local.jobs.model_sources import custom_model_dir
 from bedrock_local.jobs.worker import Handler, JobContext
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.store.schema import Resource
@@ -17,10 +16,6 @@ WEIGHTS = (".safetensors",)
 
 class ImportFailed(Exception):
     pass
-
-
-def local_model_dir(ctx: JobContext, resource: Resource) -> Path:
-    return ctx.settings.cache_dir / "models" / resource.account / resource.region / resource.resource_id
 
 
 class ModelImportHandler(Handler):
@@ -66,7 +61,7 @@ class ModelImportHandler(Handler):
 
         with ctx.db.read_session() as session:
             model = ctx.resource(session)
-            folder = local_model_dir(ctx, model)
+            folder = custom_model_dir(ctx.settings, model.account, model.region, model.resource_id)
             source = model.body["_source"]
         download_model(ctx.objects, target, folder, read_manifest(ctx.objects, target))
         try:

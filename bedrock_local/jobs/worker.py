@@ -90,9 +90,10 @@ class Handler(abc.ABC):
 
 
 def handlers() -> dict[str, Handler]:
+    from bedrock_local.jobs.batch_inference import BatchInferenceHandler
     from bedrock_local.jobs.model_copy import ModelCopyHandler
     from bedrock_local.jobs.model_import import ModelImportHandler
-    return {h.kind: h for h in (ModelImportHandler(), ModelCopyHandler())}
+    return {h.kind: h for h in (ModelImportHandler(), ModelCopyHandler(), BatchInferenceHandler())}
 
 
 class Worker:

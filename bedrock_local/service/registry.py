@@ -17,5 +17,6 @@ def operation(name: str):
 
 def load_operations() -> dict[str, Callable]:
     """Import every service module, so that each registers its operations."""
-    from bedrock_local.service import custom_models, foundation_models, model_copy, tags  # noqa: F401
+    from bedrock_local.service import (custom_models, foundation_models, invocation_jobs,  # noqa: F401
+                                       model_copy, tags)
     return OPERATIONS

@@ -1,0 +1,315 @@
+"""The batch inference job behind CreateModelInvocationJob.
+
+Submitted → Validating (every input file readable, every line JSON with recordId and modelInput,
+record counts within quotas) → Scheduled → InProgress → Completed, writing AWS's layout under the
+output URI: `<job id>/<input file>.out` (one line per record, in input order, with modelOutput or
+error) and `<job id>/manifest.json.out`. Each chunk of finished records is flushed to the `.out`
+object before the checkpoint records it, so a Stop or a crash keeps finished work, and a job taken
+back after a crash resumes from the checkpoint without losing or duplicating a record.
+"""
+
+import datetime
+import itertools
+import json
+import logging
+import threading
+import traceback
+
+from bedrock_local.engine.catalog import KIND_TEXT
+from bedrock_local.jobs.lifecycle import move
+from bedrock_local.jobs.model_sources import ModelSource, local_path
+from bedrock_local.jobs.worker import Handler, JobContext, JobStopped
+from bedrock_local.storage import S3Location, StorageError
+from bedrock_local.store.resources import utcnow
+from bedrock_local.store.schema import Resource
+
+log = logging.getLogger("bedrock_local.batch")
+
+COUNT_NAMES = ("processedRecordCount", "successRecordCount", "errorRecordCount", "inputTokenCount", "outputTokenCount")
+_cache = None
+_cache_lock = threading.Lock()
+
+
+class ValidationFailed(Exception):
+    pass
+
+
+class TimedOut(Exception):
+    pass
+
+
+def model_cache():
+    """The worker process's model cache: a model loads once and serves every later job."""
+    global _cache
+    with _cache_lock:
+        if _cache is None:
+            from bedrock_local.engine.model_cache import ModelCache
+            _cache = ModelCache()
+        return _cache
+
+
+def chunk_records() -> int:
+    import torch
+    return 512 if torch.cuda.is_available() else 64
+
+
+def error_line(record: dict, code: int, message: str) -> dict:
+    return {"recordId": record.get("recordId"), "modelInput": record.get("modelInput"),
+            "error": {"errorCode": code, "errorMessage": message}}
+
+
+class RecordRunner:
+    """Turns a chunk of input records into output lines with one model, counting tokens."""
+
+    def __init__(self, ctx: JobContext, source: ModelSource, invocation_type: str):
+        self.kind = source.kind
+        self.invocation_type = invocation_type
+        path = local_path(source, ctx.settings, ctx.objects)
+        self.model = (model_cache().text_generator(path) if source.kind == KIND_TEXT
+                      else model_cache().embedder(path))
+
+    def run(self, records: list[dict], seed: int) -> list[tuple[dict, int, int]]:
+        from bedrock_local.engine import formats
+
+        parsed, lines = [], [None] * len(records)
+        for index, record in enumerate(records):
+            if "_error" in record:  # the line changed since validation and no longer parses
+                lines[index] = (error_line(record, 400, record.pop("_error")), 0, 0)
+                continue
+            try:
+                if self.invocation_type == "Converse":
+                    parsed.append((index, formats.parse_converse_body(record["modelInput"])))
+                else:
+                    parsed.append((index, formats.parse_invoke_body(self.kind, record["modelInput"])))
+            except formats.FormatError as exc:
+                lines[index] = (error_line(record, 400, str(exc)), 0, 0)
+        try:
+            requests = [request for _, request in parsed]
+            results = (self.model.generate(requests, seed=seed) if self.kind == KIND_TEXT
+                       else self.model.embed(requests))
+        except Exception as exc:  # the model failed on this chunk: its records become error lines
+            log.error("model failed on a chunk: %s", traceback.format_exc())
+            results = [exc] * len(parsed)
+        for (index, _), result in zip(parsed, results):
+            record = records[index]
+            if isinstance(result, formats.FormatError):
+                lines[index] = (error_line(record, 400, str(result)), 0, 0)
+            elif isinstance(result, Exception):
+                lines[index] = (error_line(record, 500, f"The model failed on this record: {result}"), 0, 0)
+            elif self.invocation_type == "Converse":
+                output = formats.render_converse_response(result)
+                lines[index] = ({"recordId": record["recordId"], "modelInput": record["modelInput"],
+                                 "modelOutput": output}, result.input_tokens, result.output_tokens)
+            else:
+                output = formats.render_invoke_response(self.kind, result)
+                lines[index] = ({"recordId": record["recordId"], "modelInput": record["modelInput"],
+                                 "modelOutput": output}, result.input_tokens, getattr(result, "output_tokens", 0))
+        return lines
+
+
+class BatchInferenceHandler(Handler):
+    kind = "batch-inference"
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def run(self, ctx: JobContext) -> None:
+        status = self._advance(ctx, {"Submitted": "Validating"}, check_expiry=True)
+        if status is None:
+            return
+        if status == "Validating":
+            files = self._validate(ctx)
+            total = sum(f["records"] for f in files)
+            with ctx.db.session() as session, session.begin():
+                move(ctx.resource(session), "Scheduled", totalRecordCount=total, _files=files,
+                     **{name: 0 for name in COUNT_NAMES[:3]})
+        status = self._advance(ctx, {"Scheduled": "InProgress"}, check_expiry=True)
+        if status is None:
+            return
+        if status == "Stopping":
+            raise JobStopped()
+        ctx.check()
+        try:
+            counts = self._process(ctx)
+        except TimedOut:
+            counts = ctx.checkpoint.get("counts", {})
+            with ctx.db.session() as session, session.begin():
+                job = ctx.resource(session)
+                left = job.body.get("totalRecordCount", 0) - counts.get("processedRecordCount", 0)
+                self._finish(ctx, job, "PartiallyCompleted", counts,
+                             f"The job reached its timeout of {job.body['timeoutDurationInHours']} hours "
+                             f"with {left} records not processed.")
+            return
+        with ctx.db.session() as session, session.begin():
+            job = ctx.resource(session)
+            if job.status == "Stopping":  # every record finished as the stop arrived
+                self._finish(ctx, job, "Stopped", counts, "The job was stopped.")
+            else:
+                self._finish(ctx, job, "Completed", counts)
+
+    def _advance(self, ctx: JobContext, moves: dict[str, str], check_expiry: bool) -> str | None:
+        """Make the next status move; None when the job ended here (it expired before it started)."""
+        with ctx.db.session() as session, session.begin():
+            job = ctx.resource(session)
+            if check_expiry and job.status in moves and utcnow() > self._deadline(job):
+                move(job, "Expired", endTime=utcnow().isoformat(),
+                     message="The job did not start before its expiration time.")
+                return None
+            if job.status in moves:
+                move(job, moves[job.status])
+            return job.status
+
+    @staticmethod
+    def _deadline(job: Resource) -> datetime.datetime:
+        return datetime.datetime.fromisoformat(job.body["jobExpirationTime"])
+
+    def _finish(self, ctx: JobContext, job: Resource, status: str, counts: dict, message: str | None = None) -> None:
+        manifest = {"totalRecordCount": job.body.get("totalRecordCount", 0),
+                    **{name: counts.get(name, 0) for name in COUNT_NAMES}}
+        try:
+            ctx.objects.put_bytes(self._output_root(job).join("manifest.json.out"), json.dumps(manifest).encode())
+        except StorageError as exc:
+            status, message = "Failed", f"The output cannot be written to {self._output_root(job).uri}: {exc}"
+        move(job, status, endTime=utcnow().isoformat(), message=message,
+             **{name: counts.get(name, 0) for name in COUNT_NAMES[:3]})
+
+    def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None:
+        move(resource, "Failed", endTime=utcnow().isoformat(), message=message[:2048])
+
+    def stopped(self, ctx: JobContext, session, resource: Resource) -> None:
+        counts = ctx.checkpoint.get("counts", {})
+        if resource.status != "Stopping":
+            move(resource, "Stopping")
+        self._finish(ctx, resource, "Stopped", counts, "The job was stopped.")
+
+    # ---- validation ----------------------------------------------------------------------
+    def _validate(self, ctx: JobContext) -> list[dict]:
+        with ctx.db.read_session() as session:
+            uri = ctx.resource(session).body["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
+        files = self._input_files(ctx, uri)
+        settings, total = ctx.settings, 0
+        for entry in files:
+            ctx.check()
+            count = 0
+            for number, raw in self._lines(ctx, S3Location.parse(entry["uri"])):
+                if not raw.strip():
+                    continue
+                where = f"Line {number} of {entry['uri']}"
+                try:
+                    record = json.loads(raw)
+                except UnicodeDecodeError:
+                    raise ValidationFailed(f"{where} is not valid UTF-8.")
+                except ValueError as exc:
+                    raise ValidationFailed(f"{where} is not valid JSON: {exc}.")
+                if not isinstance(record, dict) or not isinstance(record.get("recordId"), str) \
+                        or not isinstance(record.get("modelInput"), dict):
+                    raise ValidationFailed(f'{where} must be a JSON object with a string "recordId" and an '
+                                           f'object "modelInput".')
+                count += 1
+                if count > settings.batch_max_records_per_file:
+                    raise ValidationFailed(f"{entry['uri']} has more than {settings.batch_max_records_per_file} "
+                                           f"records, the quota of records per input file.")
+            entry["records"] = count
+            total += count
+        if total > settings.batch_max_records:
+            raise ValidationFailed(f"The input has {total} records; the quota of records per batch inference "
+                                   f"job is {settings.batch_max_records}.")
+        if total < settings.batch_min_records:
+            raise ValidationFailed(f"The input has {total} records; a batch inference job needs at least "
+                                   f"{settings.batch_min_records}.")
+        return files
+
+    def _input_files(self, ctx: JobContext, uri: str) -> list[dict]:
+        loc = S3Location.parse(uri)
+        try:
+            if not loc.is_prefix and ctx.objects.exists(loc) and not self._has_children(ctx, loc):
+                return [{"uri": loc.uri, "name": loc.key.rsplit("/", 1)[-1], "records": 0}]
+            prefix = loc if loc.is_prefix else S3Location(loc.bucket, loc.key + "/")
+            found = [(l, size) for l, size in ctx.objects.list_objects(prefix) if l.key.endswith(".jsonl")]
+        except StorageError as exc:
+            raise ValidationFailed(f"The input {uri} cannot be read: {exc}")
+        if not found:
+            raise ValidationFailed(f"No .jsonl input files were found at {uri}.")
+        return [{"uri": l.uri, "name": l.key[len(prefix.key):], "records": 0} for l, _ in found]
+
+    @staticmethod
+    def _has_children(ctx: JobContext, loc: S3Location) -> bool:
+        return any(True for _ in ctx.objects.list_objects(S3Location(loc.bucket, loc.key + "/")))
+
+    @staticmethod
+    def _lines(ctx: JobContext, loc: S3Location):
+        with ctx.objects.open_read(loc) as handle:
+            for number, raw in enumerate(handle, 1):
+                yield number, raw
+
+    # ---- processing ----------------------------------------------------------------------
+    @staticmethod
+    def _output_root(job: Resource) -> S3Location:
+        out = S3Location.parse(job.body["outputDataConfig"]["s3OutputDataConfig"]["s3Uri"])
+        base = out if out.is_prefix else S3Location(out.bucket, out.key + "/")
+        return base.join(job.resource_id + "/")
+
+    def _process(self, ctx: JobContext) -> dict:
+        with ctx.db.read_session() as session:
+            job = ctx.resource(session)
+            files, root, deadline = job.body["_files"], self._output_root(job), self._deadline(job)
+            source = ModelSource.from_json(job.body["_model"])
+            invocation_type = job.body.get("modelInvocationType", "InvokeModel")
+            seed = int(job.resource_id, 36) % (2 ** 31)
+        state = ctx.checkpoint or {"file": 0, "done": 0, "counts": {name: 0 for name in COUNT_NAMES}}
+        counts = dict(state["counts"])
+        runner = RecordRunner(ctx, source, invocation_type)
+        size = chunk_records()
+        for index in range(state["file"], len(files)):
+            entry = files[index]
+            out = root.join(*(entry["name"] + ".out").split("/"))
+            lines = self._kept_lines(ctx, out, state["done"] if index == state["file"] else 0)
+            records = self._records(ctx, S3Location.parse(entry["uri"]), skip=len(lines))
+            while chunk := list(itertools.islice(records, size)):
+                ctx.check()
+                if utcnow() > deadline:
+                    raise TimedOut()
+                for line, tokens_in, tokens_out in runner.run(chunk, seed):
+                    lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+                    counts["processedRecordCount"] += 1
+                    counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
+                    counts["inputTokenCount"] += tokens_in
+                    counts["outputTokenCount"] += tokens_out
+                ctx.objects.put_bytes(out, "".join(lines).encode())
+                self._record_progress(ctx, {"file": index, "done": len(lines), "counts": counts})
+            if not lines:
+                ctx.objects.put_bytes(out, b"")
+            self._record_progress(ctx, {"file": index + 1, "done": 0, "counts": counts})
+        return counts
+
+    def _record_progress(self, ctx: JobContext, state: dict) -> None:
+        ctx.save_checkpoint(state)
+        ctx.progress = dict(state["counts"])
+        with ctx.db.session() as session, session.begin():
+            job = ctx.resource(session)
+            if job.status == "InProgress":
+                move(job, "InProgress", **{name: state["counts"][name] for name in COUNT_NAMES[:3]})
+
+    def _kept_lines(self, ctx: JobContext, out: S3Location, done: int) -> list[str]:
+        """The output lines a checkpoint vouches for (lines flushed after it are produced again)."""
+        if done == 0:
+            return []
+        try:
+            existing = ctx.objects.get_bytes(out).decode("utf-8").splitlines(keepends=True)
+        except StorageError:
+            existing = []
+        return existing[:done]
+
+    def _records(self, ctx: JobContext, loc: S3Location, skip: int):
+        seen = 0
+        for number, raw in self._lines(ctx, loc):
+            if not raw.strip():
+                continue
+            seen += 1
+            if seen <= skip:
+                continue
+            try:
+                record = json.loads(raw)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                record = {"recordId": None, "modelInput": None, "_error": f"Line {number} is not valid JSON: {exc}"}
+            yield record

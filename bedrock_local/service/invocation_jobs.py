@@ -1,0 +1,120 @@
+"""Batch inference jobs: CreateModelInvocationJob, GetModelInvocationJob (by ARN or id),
+ListModelInvocationJobs and StopModelInvocationJob. The job itself runs on a worker
+(jobs/batch_inference.py) through Submitted → Validating → Scheduled → InProgress → Completed."""
+
+import datetime
+
+from bedrock_local.engine.catalog import KIND_EMBEDDING
+from bedrock_local.jobs import queue
+from bedrock_local.jobs.lifecycle import move
+from bedrock_local.service.common import (Pager, idempotent_replay, insert_unique, make_arn, new_id, public,
+                                          request_hash)
+from bedrock_local.service.context import Context
+from bedrock_local.service.custom_models import parse_s3_uri
+from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
+from bedrock_local.service.models import resolve_model_source
+from bedrock_local.service.registry import operation
+from bedrock_local.store import resources
+from bedrock_local.store.resources import utcnow
+from bedrock_local.store.schema import Resource
+
+KIND = "model-invocation-job"
+FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
+NOT_STARTED = {"Submitted", "Validating", "Scheduled"}
+DEFAULT_TIMEOUT_HOURS = 24
+
+
+def describe(resource: Resource) -> dict:
+    body = public(resource.body)
+    body.update(jobArn=resource.arn, jobName=resource.name, status=resource.status,
+                submitTime=resource.created_at, lastModifiedTime=resource.updated_at)
+    return body
+
+
+def find_job(session, ctx: Context, identifier: str) -> Resource:
+    job_id = identifier.rsplit("/", 1)[-1]
+    found = resources.find(session, ctx.scope, KIND, resource_id=job_id)
+    if found is None or (identifier.startswith("arn:") and found.arn != identifier):
+        raise ResourceNotFoundException(f"The model invocation job '{identifier}' does not exist.")
+    return found
+
+
+@operation("CreateModelInvocationJob")
+def create_model_invocation_job(ctx: Context, params: dict) -> dict:
+    input_config = params["inputDataConfig"].get("s3InputDataConfig")
+    output_config = params["outputDataConfig"].get("s3OutputDataConfig")
+    if not input_config or not output_config:
+        raise ValidationException("inputDataConfig.s3InputDataConfig and outputDataConfig.s3OutputDataConfig are required.")
+    parse_s3_uri(input_config["s3Uri"], "inputDataConfig.s3InputDataConfig.s3Uri")
+    parse_s3_uri(output_config["s3Uri"], "outputDataConfig.s3OutputDataConfig.s3Uri")
+    invocation_type = params.get("modelInvocationType", "InvokeModel")
+    hours = params.get("timeoutDurationInHours", DEFAULT_TIMEOUT_HOURS)
+    with ctx.db.session() as session, session.begin():
+        earlier = idempotent_replay(session, ctx, KIND, params)
+        if earlier is not None:
+            return {"jobArn": earlier.arn}
+        source = resolve_model_source(session, ctx, params["modelId"])
+        if invocation_type == "Converse" and source.kind == KIND_EMBEDDING:
+            raise ValidationException(f"The model '{params['modelId']}' is an embedding model and does not "
+                                      f"support modelInvocationType Converse; use InvokeModel.")
+        if resources.name_taken(session, ctx.scope, KIND, params["jobName"]):
+            raise ConflictException(f"A model invocation job with the name '{params['jobName']}' already exists.")
+        now = utcnow()
+        expires = now + datetime.timedelta(seconds=hours * ctx.settings.hour_seconds)
+        job_id = new_id()
+        body = {"modelId": params["modelId"], "roleArn": params["roleArn"],
+                "clientRequestToken": params.get("clientRequestToken"),
+                "inputDataConfig": params["inputDataConfig"], "outputDataConfig": params["outputDataConfig"],
+                "vpcConfig": params.get("vpcConfig"), "timeoutDurationInHours": hours,
+                "jobExpirationTime": expires.isoformat(), "modelInvocationType": invocation_type,
+                "_model": source.to_json(), "_requestHash": request_hash(params)}
+        job = insert_unique(
+            session, KIND, "model invocation job", account=ctx.account, region=ctx.region, resource_id=job_id,
+            arn=make_arn(ctx, f"model-invocation-job/{job_id}"), name=params["jobName"],
+            unique_name=params["jobName"], status="Submitted", ref_arn=source.reference,
+            client_token=params.get("clientRequestToken"), created_at=now,
+            body={k: v for k, v in body.items() if v is not None}, tags=params.get("tags"))
+        queue.enqueue(session, job, "batch-inference")
+        return {"jobArn": job.arn}
+
+
+@operation("GetModelInvocationJob")
+def get_model_invocation_job(ctx: Context, params: dict) -> dict:
+    with ctx.db.read_session() as session:
+        return describe(find_job(session, ctx, params["jobIdentifier"]))
+
+
+@operation("ListModelInvocationJobs")
+def list_model_invocation_jobs(ctx: Context, params: dict) -> dict:
+    conditions = []
+    if params.get("submitTimeAfter") is not None:
+        conditions.append(Resource.created_at > params["submitTimeAfter"])
+    if params.get("submitTimeBefore") is not None:
+        conditions.append(Resource.created_at < params["submitTimeBefore"])
+    if params.get("statusEquals"):
+        conditions.append(Resource.status == params["statusEquals"])
+    if params.get("nameContains"):
+        conditions.append(Resource.name.contains(params["nameContains"], autoescape=True))
+    pager = Pager(ctx, "ListModelInvocationJobs", params,
+                  ["submitTimeAfter", "submitTimeBefore", "statusEquals", "nameContains", "sortBy"])
+    with ctx.db.read_session() as session:
+        rows, token = pager.page(session, KIND, conditions)
+    return {"invocationJobSummaries": [describe(row) for row in rows], "nextToken": token}
+
+
+@operation("StopModelInvocationJob")
+def stop_model_invocation_job(ctx: Context, params: dict) -> dict:
+    with ctx.db.session() as session, session.begin():
+        job = find_job(session, ctx, params["jobIdentifier"])
+        if job.status in FINAL:
+            raise ConflictException(f"The model invocation job '{job.name}' is already {job.status} and cannot be stopped.")
+        if job.status == "Stopping":
+            return {}
+        row = queue.job_for(session, job)
+        if job.status in NOT_STARTED and row is not None and row.state == "queued":
+            move(job, "Stopped", endTime=utcnow().isoformat(), message="The job was stopped before it started.")
+            row.state = "done"
+        else:
+            move(job, "Stopping")
+            queue.request_stop(session, job)
+    return {}

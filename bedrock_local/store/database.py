@@ -9,6 +9,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bedrock_local.store.schema import Meta
@@ -70,12 +71,16 @@ class Database:
 
     def meta_value(self, key: str, default_factory) -> str:
         """A value shared by every process on this database, made once on first use."""
-        with self.session() as session, session.begin():
-            row = session.get(Meta, key)
-            if row is None:
-                row = Meta(key=key, value=default_factory())
-                session.add(row)
-            return row.value
+        try:
+            with self.session() as session, session.begin():
+                row = session.get(Meta, key)
+                if row is None:
+                    row = Meta(key=key, value=default_factory())
+                    session.add(row)
+                return row.value
+        except IntegrityError:  # another process made it at the same moment (PostgreSQL): use theirs
+            with self.read_session() as session:
+                return session.get(Meta, key).value
 
     def token_secret(self) -> bytes:
         if self._token_secret is None:

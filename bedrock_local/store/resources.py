@@ -11,7 +11,10 @@ from bedrock_local.store.schema import Resource, Tag
 
 
 def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    """Now, in whole milliseconds: the precision of timestamps on the wire, so that a time a client
+    read back and passes as a filter (creationTimeAfter, ...) compares equal to the stored one."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 @dataclass(frozen=True)
@@ -81,10 +84,14 @@ def page(session: Session, scope: Scope, kind: str, conditions: list, *, descend
                                    Resource.kind == kind, *conditions)
     if after is not None:
         created, pk = after
+        # The plain bound on created_at (implied by the OR) lets the index seek to the page's start
+        # instead of walking the scope from its first row: a late page costs as little as the first.
         if descending:
-            query = query.where(or_(Resource.created_at < created, and_(Resource.created_at == created, Resource.pk < pk)))
+            query = query.where(Resource.created_at <= created,
+                                or_(Resource.created_at < created, and_(Resource.created_at == created, Resource.pk < pk)))
         else:
-            query = query.where(or_(Resource.created_at > created, and_(Resource.created_at == created, Resource.pk > pk)))
+            query = query.where(Resource.created_at >= created,
+                                or_(Resource.created_at > created, and_(Resource.created_at == created, Resource.pk > pk)))
     order = (Resource.created_at.desc(), Resource.pk.desc()) if descending else (Resource.created_at, Resource.pk)
     return list(session.scalars(query.order_by(*order).limit(limit)))
 

@@ -45,7 +45,7 @@ class ModelCopyHandler(Handler):
             if object_sha256(ctx.objects, target.join(*name.split("/"))) != expected["sha256"]:
                 raise CopyFailed(f"{name} was damaged while being written to {target.uri}.")
         write_manifest(ctx.objects, target, done)
-        with ctx.db.session() as session, session.begin():
+        with ctx.session() as session:
             model = resources.find_by_arn(session, target_arn)
             move(model, "Active")
             move(ctx.resource(session), "Completed")

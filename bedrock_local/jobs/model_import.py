@@ -53,7 +53,7 @@ class ModelImportHandler(Handler):
         write_manifest(ctx.objects, target, done)
         ctx.check()
         self._check_loads(ctx, target)
-        with ctx.db.session() as session, session.begin():
+        with ctx.session() as session:
             move(ctx.resource(session), "Active")
 
     def _check_loads(self, ctx: JobContext, target: S3Location) -> None:

@@ -71,6 +71,14 @@ def heartbeat(db: Database, job_pk: int, worker_id: str, lease_seconds: float,
         return renewed.rowcount == 1, bool(stop)
 
 
+def still_owned(session: Session, job_pk: int, worker_id: str) -> bool:
+    """Whether this worker still holds the job; inside a write transaction it also locks the row,
+    so a takeover cannot slip in before the transaction commits."""
+    held = session.execute(update(Job).where(Job.pk == job_pk, Job.lease_owner == worker_id, Job.state == "running")
+                           .values(lease_owner=worker_id).execution_options(synchronize_session=False))
+    return held.rowcount == 1
+
+
 def save_checkpoint(session: Session, job_pk: int, worker_id: str, checkpoint: dict) -> bool:
     done = session.execute(update(Job).where(Job.pk == job_pk, Job.lease_owner == worker_id).values(
         checkpoint=checkpoint).execution_options(synchronize_session=False))

@@ -3,6 +3,7 @@ heartbeat thread renewing its lease, honours Stop, and ends the job (done, or fa
 message a user can act on). `bedrock-local serve` starts them; ML work runs only here."""
 
 import abc
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -64,11 +65,19 @@ class JobContext:
             raise JobStopped()
 
     def save_checkpoint(self, checkpoint: dict) -> None:
+        with self.session() as session:
+            queue.save_checkpoint(session, self.claim.job_pk, self.worker_id, checkpoint)
+        self.checkpoint = checkpoint
+
+    @contextlib.contextmanager
+    def session(self):
+        """A write transaction that holds only while this worker still owns the job: a worker whose
+        lease was taken over gets LeaseLost instead of writing over its successor."""
         with self.db.session() as session, session.begin():
-            if not queue.save_checkpoint(session, self.claim.job_pk, self.worker_id, checkpoint):
+            if not queue.still_owned(session, self.claim.job_pk, self.worker_id):
                 self._lost.set()
                 raise LeaseLost()
-        self.checkpoint = checkpoint
+            yield session
 
     def resource(self, session) -> Resource:
         return session.get(Resource, self.resource_pk)
@@ -149,10 +158,12 @@ class Worker:
 
     def _end(self, ctx: JobContext, record) -> None:
         with self.db.session() as session, session.begin():
+            if not queue.finish(session, ctx.claim.job_pk, self.worker_id):
+                log.warning("job %s: lease lost before it ended, leaving it to its new owner", ctx.claim.job_pk)
+                return
             resource = session.get(Resource, ctx.resource_pk)
             if record is not None and resource is not None and not is_final(resource):
                 record(session, resource)
-            queue.finish(session, ctx.claim.job_pk, self.worker_id)
 
     def _heartbeat(self, ctx: JobContext) -> None:
         interval = max(0.2, self.settings.lease_seconds / 5)

@@ -118,7 +118,7 @@ class BatchInferenceHandler(Handler):
         if status == "Validating":
             files = self._validate(ctx)
             total = sum(f["records"] for f in files)
-            with ctx.db.session() as session, session.begin():
+            with ctx.session() as session:
                 move(ctx.resource(session), "Scheduled", totalRecordCount=total, _files=files,
                      **{name: 0 for name in COUNT_NAMES[:3]})
         status = self._advance(ctx, {"Scheduled": "InProgress"}, check_expiry=True)
@@ -131,14 +131,14 @@ class BatchInferenceHandler(Handler):
             counts = self._process(ctx)
         except TimedOut:
             counts = ctx.checkpoint.get("counts", {})
-            with ctx.db.session() as session, session.begin():
+            with ctx.session() as session:
                 job = ctx.resource(session)
                 left = job.body.get("totalRecordCount", 0) - counts.get("processedRecordCount", 0)
                 self._finish(ctx, job, "PartiallyCompleted", counts,
                              f"The job reached its timeout of {job.body['timeoutDurationInHours']} hours "
                              f"with {left} records not processed.")
             return
-        with ctx.db.session() as session, session.begin():
+        with ctx.session() as session:
             job = ctx.resource(session)
             if job.status == "Stopping":  # every record finished as the stop arrived
                 self._finish(ctx, job, "Stopped", counts, "The job was stopped.")
@@ -147,7 +147,7 @@ class BatchInferenceHandler(Handler):
 
     def _advance(self, ctx: JobContext, moves: dict[str, str], check_expiry: bool) -> str | None:
         """Make the next status move; None when the job ended here (it expired before it started)."""
-        with ctx.db.session() as session, session.begin():
+        with ctx.session() as session:
             job = ctx.resource(session)
             if check_expiry and job.status in moves and utcnow() > self._deadline(job):
                 move(job, "Expired", endTime=utcnow().isoformat(),
@@ -283,7 +283,7 @@ class BatchInferenceHandler(Handler):
     def _record_progress(self, ctx: JobContext, state: dict) -> None:
         ctx.save_checkpoint(state)
         ctx.progress = dict(state["counts"])
-        with ctx.db.session() as session, session.begin():
+        with ctx.session() as session:
             job = ctx.resource(session)
             if job.status == "InProgress":
                 move(job, "InProgress", **{name: state["counts"][name] for name in COUNT_NAMES[:3]})

@@ -183,7 +183,12 @@ class BatchInferenceHandler(Handler):
     # ---- validation ----------------------------------------------------------------------
     def _validate(self, ctx: JobContext) -> list[dict]:
         with ctx.db.read_session() as session:
-            uri = ctx.resource(session).body["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
+            job = ctx.resource(session)
+            uri = job.body["inputDataConfig"]["s3InputDataConfig"]["s3Uri"]
+            output = self._output_root(job)
+        if not ctx.objects.bucket_exists(output.bucket):
+            raise ValidationFailed(f"The output bucket '{output.bucket}' of "
+                                   f"{job.body['outputDataConfig']['s3OutputDataConfig']['s3Uri']} does not exist.")
         files = self._input_files(ctx, uri)
         settings, total = ctx.settings, 0
         for entry in files:

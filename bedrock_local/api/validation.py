@@ -103,7 +103,7 @@ class ServerParamValidator(ParamValidator):
     def _validate_list(self, param, shape, errors, name):
         self._check_size(name, len(param), f"list of {len(param)}", shape, errors, "length")
         for i, item in enumerate(param):
-            self._validate(item, shape.member, errors, f"{name}[{i}]")
+            self._validate(item, shape.member, errors, f"{name}.{i + 1}.member")
 
     def _validate_map(self, param, shape, errors, name):
         self._check_size(name, len(param), f"map of {len(param)}", shape, errors, "length")

@@ -27,8 +27,8 @@ def find(session: Session, scope: Scope, kind: str, *, arn: str | None = None,
          resource_id: str | None = None, name: str | None = None) -> Resource | None:
     query = select(Resource).where(Resource.account == scope.account, Resource.region == scope.region,
                                    Resource.kind == kind)
-    if arn is not None:
-        query = query.where(Resource.arn == arn)
+    if arn is not None:  # unique: the arn index finds it, the scope columns only confirm it
+        return session.scalars(query.where(Resource.arn == arn)).first()
     if resource_id is not None:
         query = query.where(Resource.resource_id == resource_id)
     if name is not None:

@@ -11,6 +11,10 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
     "model-copy-job": {
         "InProgress": {"Completed", "Failed"},
     },
+    "model-customization-job": {
+        "InProgress": {"Completed", "Failed", "Stopping", "Stopped"},
+        "Stopping": {"Stopped", "Failed"},
+    },
     "model-invocation-job": {
         "Submitted": {"Validating", "Stopping", "Stopped", "Failed", "Expired"},
         "Validating": {"Scheduled", "Stopping", "Stopped", "Failed"},

@@ -57,6 +57,10 @@ class JobContext:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    def should_stop(self) -> bool:
+        """Stop requested or lease lost: long work should wind down at its next safe point."""
+        return self._stop.is_set() or self._lost.is_set()
+
     def check(self) -> None:
         """Raise if the lease is lost or a stop was requested (call between units of work)."""
         if self._lost.is_set():
@@ -100,9 +104,11 @@ class Handler(abc.ABC):
 
 def handlers() -> dict[str, Handler]:
     from bedrock_local.jobs.batch_inference import BatchInferenceHandler
+    from bedrock_local.jobs.customization import CustomizationHandler
     from bedrock_local.jobs.model_copy import ModelCopyHandler
     from bedrock_local.jobs.model_import import ModelImportHandler
-    return {h.kind: h for h in (ModelImportHandler(), ModelCopyHandler(), BatchInferenceHandler())}
+    return {h.kind: h for h in (ModelImportHandler(), ModelCopyHandler(), BatchInferenceHandler(),
+                                CustomizationHandler())}
 
 
 class Worker:

@@ -7,24 +7,18 @@ import hashlib
 import hmac
 import json
 import re
-import secrets
-import string
 
 from sqlalchemy.exc import IntegrityError
 
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import ConflictException, TooManyTagsException, ValidationException
 from bedrock_local.store import resources
+from bedrock_local.store.resources import new_id  # noqa: F401  (re-exported for the service modules)
 from bedrock_local.store.schema import Resource
 
 MAX_TAGS = 200
 DEFAULT_PAGE = 100
-_ID_ALPHABET = string.ascii_lowercase + string.digits
 ARN_RE = re.compile(r"arn:aws(?:-[^:]+)?:bedrock:(?P<region>[a-z0-9-]{1,20}):(?P<account>[0-9]{12}|):(?P<resource>.+)")
-
-
-def new_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
 
 def make_arn(ctx: Context, resource: str, region: str | None = None, account: str | None = None) -> str:

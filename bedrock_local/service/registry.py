@@ -17,6 +17,6 @@ def operation(name: str):
 
 def load_operations() -> dict[str, Callable]:
     """Import every service module, so that each registers its operations."""
-    from bedrock_local.service import (custom_models, foundation_models, invocation_jobs,  # noqa: F401
-                                       model_copy, tags)
+    from bedrock_local.service import (custom_models, customization_jobs, foundation_models,  # noqa: F401
+                                       invocation_jobs, model_copy, tags)
     return OPERATIONS

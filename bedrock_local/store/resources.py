@@ -2,12 +2,22 @@
 keyset pages in creation order, and tag edits. The rules of each resource live in service/."""
 
 import datetime
+import secrets
+import string
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from bedrock_local.store.schema import Resource, Tag
+
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def new_id() -> str:
+    """A resource id as Bedrock makes them: 12 characters of [a-z0-9]."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
 
 def utcnow() -> datetime.datetime:

@@ -1,0 +1,158 @@
+"""Model customization jobs: CreateModelCustomizationJob (fine-tuning and continued pre-training),
+GetModelCustomizationJob (by ARN or name), ListModelCustomizationJobs and
+StopModelCustomizationJob. The training runs on a worker (jobs/customization.py)."""
+
+from bedrock_local.engine.catalog import find_foundation_model
+from bedrock_local.jobs import queue
+from bedrock_local.jobs.lifecycle import move
+from bedrock_local.service.common import (Pager, creation_time_filters, idempotent_replay, insert_unique,
+                                          make_arn, new_id, parse_arn, public, request_hash)
+from bedrock_local.service.context import Context
+from bedrock_local.service.custom_models import KIND as MODEL_KIND
+from bedrock_local.service.custom_models import parse_s3_uri
+from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
+from bedrock_local.service.foundation_models import foundation_model_arn
+from bedrock_local.service.models import resolve_model_source
+from bedrock_local.service.registry import operation
+from bedrock_local.store import resources
+from bedrock_local.store.resources import utcnow
+from bedrock_local.store.schema import Resource
+
+KIND = "model-customization-job"
+SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
+FINAL = {"Completed", "Failed", "Stopped"}
+PHASES = ("validationDetails", "dataProcessingDetails", "trainingDetails")
+
+
+def describe(resource: Resource) -> dict:
+    body = public(resource.body)
+    body.update(jobArn=resource.arn, jobName=resource.name, status=resource.status,
+                creationTime=resource.created_at, lastModifiedTime=resource.updated_at)
+    return body
+
+
+def find_job(session, ctx: Context, identifier: str) -> Resource:
+    if identifier.startswith("arn:"):
+        parts = parse_arn(identifier)
+        found = None
+        if parts and (parts["account"], parts["region"]) == (ctx.account, ctx.region):
+            found = resources.find(session, ctx.scope, KIND, arn=identifier)
+    else:
+        found = resources.find(session, ctx.scope, KIND, name=identifier)
+    if found is None:
+        raise ResourceNotFoundException(f"The model customization job '{identifier}' does not exist.")
+    return found
+
+
+def _effective_hyperparameters(values: dict, customization_type: str) -> dict:
+    from bedrock_local.engine.training import HyperParameterError, parse_hyperparameters
+
+    try:
+        return parse_hyperparameters(values, customization_type)[1]
+    except HyperParameterError as exc:
+        raise ValidationException(str(exc))
+
+
+@operation("CreateModelCustomizationJob")
+def create_model_customization_job(ctx: Context, params: dict) -> dict:
+    customization_type = params.get("customizationType", "FINE_TUNING")
+    if customization_type not in SUPPORTED_TYPES:
+        raise ValidationException(f"customizationType {customization_type} is not supported here; use one of "
+                                  f"{', '.join(SUPPORTED_TYPES)}.")
+    parse_s3_uri(params["trainingDataConfig"].get("s3Uri") or "", "trainingDataConfig.s3Uri")
+    parse_s3_uri(params["outputDataConfig"]["s3Uri"], "outputDataConfig.s3Uri")
+    validators = (params.get("validationDataConfig") or {}).get("validators", [])
+    for index, validator in enumerate(validators):
+        parse_s3_uri(validator["s3Uri"], f"validationDataConfig.validators.{index + 1}.member.s3Uri")
+    hyperparameters = _effective_hyperparameters(params.get("hyperParameters") or {}, customization_type)
+    with ctx.db.session() as session, session.begin():
+        earlier = idempotent_replay(session, ctx, KIND, params)
+        if earlier is not None:
+            return {"jobArn": earlier.arn}
+        source = resolve_model_source(session, ctx, params["baseModelIdentifier"])
+        if source.foundation_model_id:
+            foundation_id, base_arn = source.foundation_model_id, foundation_model_arn(ctx.region, source.foundation_model_id)
+        else:
+            base = resources.find(session, ctx.scope, MODEL_KIND, arn=source.reference)
+            base_arn = source.reference
+            origin = base.origin_arn or ""
+            foundation_id = origin.split(":foundation-model/", 1)[1] if ":foundation-model/" in origin else None
+            if foundation_id is None:
+                raise ValidationException(f"The custom model '{base.arn}' was imported, not derived from a foundation "
+                                          f"model: it cannot be customized further.")
+        if resources.name_taken(session, ctx.scope, KIND, params["jobName"]):
+            raise ConflictException(f"A model customization job with the name '{params['jobName']}' already exists.")
+        if resources.name_taken(session, ctx.scope, MODEL_KIND, params["customModelName"]):
+            raise ConflictException(f"A custom model with the name '{params['customModelName']}' already exists.")
+        job_id, now = new_id(), utcnow().isoformat()
+        kms = params.get("customModelKmsKeyId")
+        body = {"outputModelName": params["customModelName"], "roleArn": params["roleArn"],
+                "clientRequestToken": params.get("clientRequestToken"), "baseModelArn": base_arn,
+                "hyperParameters": hyperparameters, "trainingDataConfig": params["trainingDataConfig"],
+                "validationDataConfig": params.get("validationDataConfig") or {"validators": []},
+                "outputDataConfig": params["outputDataConfig"], "customizationType": customization_type,
+                "outputModelKmsKeyArn": kms if kms and kms.startswith("arn:") and ":key/" in kms else None,
+                "vpcConfig": params.get("vpcConfig"),
+                "statusDetails": {phase: {"status": "NotStarted", "creationTime": now, "lastModifiedTime": now}
+                                  for phase in PHASES},
+                "_model": source.to_json(), "_foundationModelId": foundation_id,
+                "_foundationModelArn": foundation_model_arn(ctx.region, foundation_id),
+                "_customModelTags": params.get("customModelTags") or [], "_requestHash": request_hash(params)}
+        job = insert_unique(
+            session, KIND, "model customization job", account=ctx.account, region=ctx.region, resource_id=job_id,
+            arn=make_arn(ctx, f"model-customization-job/{foundation_id}/{job_id}"), name=params["jobName"],
+            unique_name=params["jobName"], status="InProgress", ref_arn=base_arn,
+            client_token=params.get("clientRequestToken"),
+            body={k: v for k, v in body.items() if v is not None}, tags=params.get("jobTags"))
+        queue.enqueue(session, job, "customization")
+        return {"jobArn": job.arn}
+
+
+@operation("GetModelCustomizationJob")
+def get_model_customization_job(ctx: Context, params: dict) -> dict:
+    with ctx.db.read_session() as session:
+        return describe(find_job(session, ctx, params["jobIdentifier"]))
+
+
+@operation("ListModelCustomizationJobs")
+def list_model_customization_jobs(ctx: Context, params: dict) -> dict:
+    conditions = creation_time_filters(params)
+    if params.get("statusEquals"):
+        conditions.append(Resource.status == params["statusEquals"])
+    if params.get("nameContains"):
+        conditions.append(Resource.name.contains(params["nameContains"], autoescape=True))
+    pager = Pager(ctx, "ListModelCustomizationJobs", params,
+                  ["creationTimeAfter", "creationTimeBefore", "statusEquals", "nameContains", "sortBy"])
+    with ctx.db.read_session() as session:
+        rows, token = pager.page(session, KIND, conditions)
+    summaries = []
+    for row in rows:
+        job = describe(row)
+        summaries.append({"jobArn": row.arn, "baseModelArn": job["baseModelArn"], "jobName": row.name,
+                          "status": row.status, "statusDetails": job.get("statusDetails"),
+                          "lastModifiedTime": row.updated_at, "creationTime": row.created_at,
+                          "endTime": job.get("endTime"), "customModelArn": job.get("outputModelArn"),
+                          "customModelName": job["outputModelName"], "customizationType": job["customizationType"]})
+    return {"modelCustomizationJobSummaries": summaries, "nextToken": token}
+
+
+@operation("StopModelCustomizationJob")
+def stop_model_customization_job(ctx: Context, params: dict) -> dict:
+    with ctx.db.session() as session, session.begin():
+        job = find_job(session, ctx, params["jobIdentifier"])
+        if job.status in FINAL:
+            raise ValidationException(f"The model customization job '{job.name}' is already {job.status} and "
+                                      f"cannot be stopped.")
+        if job.status == "Stopping":
+            return {}
+        row = queue.job_for(session, job)
+        if row is not None and row.state == "queued":
+            now = utcnow().isoformat()
+            details = {phase: {**info, "status": "Stopped" if info["status"] != "Completed" else "Completed",
+                               "lastModifiedTime": now} for phase, info in job.body["statusDetails"].items()}
+            move(job, "Stopped", endTime=now, statusDetails=details)
+            row.state = "done"
+        else:
+            move(job, "Stopping")
+            queue.request_stop(session, job)
+    return {}

@@ -25,6 +25,7 @@ from bedrock_local.store.schema import Resource
 
 log = logging.getLogger("bedrock_local.batch")
 
+VALIDATION_CHECK_LINES = 10_000
 COUNT_NAMES = ("processedRecordCount", "successRecordCount", "errorRecordCount", "inputTokenCount", "outputTokenCount")
 _cache = None
 _cache_lock = threading.Lock()
@@ -119,8 +120,10 @@ class BatchInferenceHandler(Handler):
             files = self._validate(ctx)
             total = sum(f["records"] for f in files)
             with ctx.session() as session:
-                move(ctx.resource(session), "Scheduled", totalRecordCount=total, _files=files,
-                     **{name: 0 for name in COUNT_NAMES[:3]})
+                job = ctx.resource(session)
+                if job.status == "Stopping":  # a Stop arrived while the input was being validated
+                    raise JobStopped()
+                move(job, "Scheduled", totalRecordCount=total, _files=files, **{name: 0 for name in COUNT_NAMES[:3]})
         status = self._advance(ctx, {"Scheduled": "InProgress"}, check_expiry=True)
         if status is None:
             return
@@ -134,6 +137,9 @@ class BatchInferenceHandler(Handler):
             with ctx.session() as session:
                 job = ctx.resource(session)
                 left = job.body.get("totalRecordCount", 0) - counts.get("processedRecordCount", 0)
+                if job.status == "Stopping":  # stopped and timed out at once: the user's Stop wins
+                    self._finish(ctx, job, "Stopped", counts, "The job was stopped.")
+                    return
                 self._finish(ctx, job, "PartiallyCompleted", counts,
                              f"The job reached its timeout of {job.body['timeoutDurationInHours']} hours "
                              f"with {left} records not processed.")
@@ -195,6 +201,8 @@ class BatchInferenceHandler(Handler):
             ctx.check()
             count = 0
             for number, raw in self._lines(ctx, S3Location.parse(entry["uri"])):
+                if number % VALIDATION_CHECK_LINES == 0:  # honour a Stop during a long validation
+                    ctx.check()
                 if not raw.strip():
                     continue
                 where = f"Line {number} of {entry['uri']}"
@@ -297,11 +305,11 @@ class BatchInferenceHandler(Handler):
         """The output lines a checkpoint vouches for (lines flushed after it are produced again)."""
         if done == 0:
             return []
-        try:
-            existing = ctx.objects.get_bytes(out).decode("utf-8").splitlines(keepends=True)
+        try:  # split at \n only: str.splitlines() also splits at U+2028, U+0085, ... that JSON leaves raw
+            existing = ctx.objects.get_bytes(out).split(b"\n")[:-1]  # whole lines only
         except StorageError:
             existing = []
-        return existing[:done]
+        return [line.decode("utf-8") + "\n" for line in existing[:done]]
 
     def _records(self, ctx: JobContext, loc: S3Location, skip: int):
         seen = 0

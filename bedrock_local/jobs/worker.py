@@ -186,9 +186,12 @@ class Worker:
                 ctx._lost.set()
 
 
-def worker_main(settings: Settings) -> None:
-    """Entry point of a worker process."""
+def worker_main(settings: Settings, threads: int | None = None) -> None:
+    """Entry point of a worker process; `threads` splits the CPU cores between the workers of a host."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
@@ -199,7 +202,8 @@ def start_worker_processes(settings: Settings, count: int) -> list[multiprocessi
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(count):
-        process = context.Process(target=worker_main, args=(settings,), name=f"bedrock-local-worker-{index}", daemon=True)
+        process = context.Process(target=worker_main, args=(settings, max(1, (os.cpu_count() or 1) // count)),
+                                  name=f"bedrock-local-worker-{index}", daemon=True)
         process.start()
         processes.append(process)
     return processes

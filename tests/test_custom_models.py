@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 
 from conftest import s3_client, upload_folder, wait_until
 

@@ -4,7 +4,6 @@ folders (on tiny random Llama models built on the fly), and loading the real pac
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil

@@ -48,13 +48,22 @@ def idempotent_replay(session, ctx: Context, kind: str, params: dict) -> Resourc
     return earlier
 
 
-def insert_unique(session, kind: str, what: str, **columns) -> Resource:
-    """Insert a resource; a name or token taken meanwhile by a concurrent request is a ConflictException."""
+def check_name_free(session, ctx: Context, kind: str, what: str, name: str) -> None:
+    if resources.name_taken(session, ctx.scope, kind, name):
+        raise ConflictException(f"A {what} with the name '{name}' already exists in {ctx.region}.")
+
+
+def insert_unique(session, ctx: Context, kind: str, what: str, *, name: str, body: dict, **columns) -> Resource:
+    """Insert a resource of the caller's scope whose name is unique among its kind: a name taken
+    before or by a concurrent request is a ConflictException. Members that are None are left out."""
+    check_name_free(session, ctx, kind, what, name)
     try:
         with session.begin_nested():
-            return resources.insert(session, kind=kind, **columns)
+            return resources.insert(session, kind=kind, account=ctx.account, region=ctx.region, name=name,
+                                    unique_name=name, body={k: v for k, v in body.items() if v is not None},
+                                    **columns)
     except IntegrityError:
-        raise ConflictException(f"A {what} with the name '{columns.get('name')}' already exists.")
+        raise ConflictException(f"A {what} with the name '{name}' already exists in {ctx.region}.")
 
 
 def check_tag_limit(count: int, arn: str | None = None) -> None:

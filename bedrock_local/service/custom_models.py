@@ -54,17 +54,14 @@ def create_custom_model(ctx: Context, params: dict) -> dict:
         earlier = idempotent_replay(session, ctx, KIND, params)
         if earlier is not None:
             return {"modelArn": earlier.arn}
-        if resources.name_taken(session, ctx.scope, KIND, params["modelName"]):
-            raise ConflictException(f"A custom model with the name '{params['modelName']}' already exists.")
         model_id = new_id()
         body = {"customizationType": "IMPORTED", "modelKmsKeyArn": params.get("modelKmsKeyArn"),
                 "ownerAccountId": ctx.account, "_source": source.uri, "_requestHash": request_hash(params),
                 "_artifacts": model_location(ctx.settings, ctx.account, ctx.region, model_id).uri}
         resource = insert_unique(
-            session, KIND, "custom model", account=ctx.account, region=ctx.region, resource_id=model_id,
-            arn=make_arn(ctx, f"custom-model/imported/{model_id}"), name=params["modelName"],
-            unique_name=params["modelName"], status="Creating", client_token=params.get("clientRequestToken"),
-            body={k: v for k, v in body.items() if v is not None}, tags=params.get("modelTags"))
+            session, ctx, KIND, "custom model", name=params["modelName"], body=body, resource_id=model_id,
+            arn=make_arn(ctx, f"custom-model/imported/{model_id}"), status="Creating",
+            client_token=params.get("clientRequestToken"), tags=params.get("modelTags"))
         queue.enqueue(session, resource, "model-import")
         return {"modelArn": resource.arn}
 

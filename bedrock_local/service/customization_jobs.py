@@ -2,15 +2,14 @@
 GetModelCustomizationJob (by ARN or name), ListModelCustomizationJobs and
 StopModelCustomizationJob. The training runs on a worker (jobs/customization.py)."""
 
-from bedrock_local.engine.catalog import find_foundation_model
 from bedrock_local.jobs import queue
 from bedrock_local.jobs.lifecycle import move
-from bedrock_local.service.common import (Pager, creation_time_filters, idempotent_replay, insert_unique,
+from bedrock_local.service.common import (Pager, check_name_free, creation_time_filters, idempotent_replay, insert_unique,
                                           make_arn, new_id, parse_arn, public, request_hash)
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import KIND as MODEL_KIND
 from bedrock_local.service.custom_models import parse_s3_uri
-from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
+from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
 from bedrock_local.service.foundation_models import foundation_model_arn
 from bedrock_local.service.models import resolve_model_source
 from bedrock_local.service.registry import operation
@@ -80,10 +79,7 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
             if foundation_id is None:
                 raise ValidationException(f"The custom model '{base.arn}' was imported, not derived from a foundation "
                                           f"model: it cannot be customized further.")
-        if resources.name_taken(session, ctx.scope, KIND, params["jobName"]):
-            raise ConflictException(f"A model customization job with the name '{params['jobName']}' already exists.")
-        if resources.name_taken(session, ctx.scope, MODEL_KIND, params["customModelName"]):
-            raise ConflictException(f"A custom model with the name '{params['customModelName']}' already exists.")
+        check_name_free(session, ctx, MODEL_KIND, "custom model", params["customModelName"])
         job_id, now = new_id(), utcnow().isoformat()
         kms = params.get("customModelKmsKeyId")
         body = {"outputModelName": params["customModelName"], "roleArn": params["roleArn"],
@@ -99,11 +95,9 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
                 "_foundationModelArn": foundation_model_arn(ctx.region, foundation_id),
                 "_customModelTags": params.get("customModelTags") or [], "_requestHash": request_hash(params)}
         job = insert_unique(
-            session, KIND, "model customization job", account=ctx.account, region=ctx.region, resource_id=job_id,
-            arn=make_arn(ctx, f"model-customization-job/{foundation_id}/{job_id}"), name=params["jobName"],
-            unique_name=params["jobName"], status="InProgress", ref_arn=base_arn,
-            client_token=params.get("clientRequestToken"),
-            body={k: v for k, v in body.items() if v is not None}, tags=params.get("jobTags"))
+            session, ctx, KIND, "model customization job", name=params["jobName"], body=body, resource_id=job_id,
+            arn=make_arn(ctx, f"model-customization-job/{foundation_id}/{job_id}"), status="InProgress",
+            ref_arn=base_arn, client_token=params.get("clientRequestToken"), tags=params.get("jobTags"))
         queue.enqueue(session, job, "customization")
         return {"jobArn": job.arn}
 

@@ -57,8 +57,6 @@ def create_model_invocation_job(ctx: Context, params: dict) -> dict:
         if invocation_type == "Converse" and source.kind == KIND_EMBEDDING:
             raise ValidationException(f"The model '{params['modelId']}' is an embedding model and does not "
                                       f"support modelInvocationType Converse; use InvokeModel.")
-        if resources.name_taken(session, ctx.scope, KIND, params["jobName"]):
-            raise ConflictException(f"A model invocation job with the name '{params['jobName']}' already exists.")
         now = utcnow()
         expires = now + datetime.timedelta(seconds=hours * ctx.settings.hour_seconds)
         job_id = new_id()
@@ -69,11 +67,9 @@ def create_model_invocation_job(ctx: Context, params: dict) -> dict:
                 "jobExpirationTime": expires.isoformat(), "modelInvocationType": invocation_type,
                 "_model": source.to_json(), "_requestHash": request_hash(params)}
         job = insert_unique(
-            session, KIND, "model invocation job", account=ctx.account, region=ctx.region, resource_id=job_id,
-            arn=make_arn(ctx, f"model-invocation-job/{job_id}"), name=params["jobName"],
-            unique_name=params["jobName"], status="Submitted", ref_arn=source.reference,
-            client_token=params.get("clientRequestToken"), created_at=now,
-            body={k: v for k, v in body.items() if v is not None}, tags=params.get("tags"))
+            session, ctx, KIND, "model invocation job", name=params["jobName"], body=body, resource_id=job_id,
+            arn=make_arn(ctx, f"model-invocation-job/{job_id}"), status="Submitted", ref_arn=source.reference,
+            client_token=params.get("clientRequestToken"), created_at=now, tags=params.get("tags"))
         queue.enqueue(session, job, "batch-inference")
         return {"jobArn": job.arn}
 

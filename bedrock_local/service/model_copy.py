@@ -10,7 +10,7 @@ from bedrock_local.service.common import (Pager, creation_time_filters, idempote
                                           make_arn, new_id, parse_arn, public, request_hash)
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import KIND as MODEL_KIND
-from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
+from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
 from bedrock_local.service.registry import operation
 from bedrock_local.store import resources
 from bedrock_local.store.resources import Scope
@@ -62,17 +62,15 @@ def create_model_copy_job(ctx: Context, params: dict) -> dict:
             return {"jobArn": earlier.arn}
         source = _source_model(session, ctx, params["sourceModelArn"])
         name = params["targetModelName"]
-        if resources.name_taken(session, ctx.scope, MODEL_KIND, name):
-            raise ConflictException(f"A custom model with the name '{name}' already exists in {ctx.region}.")
         model_id = new_id()
         path = _CUSTOM_MODEL_PATH.fullmatch(parse_arn(source.arn)["resource"])["path"]
         kms = _kms_key_arn(ctx, params.get("modelKmsKeyId"))
         lineage = {k: source.body[k] for k in _LINEAGE if k in source.body}
         target = insert_unique(
-            session, MODEL_KIND, "custom model", account=ctx.account, region=ctx.region, resource_id=model_id,
-            arn=make_arn(ctx, f"custom-model/{path}/{model_id}"), name=name, unique_name=name,
+            session, ctx, MODEL_KIND, "custom model", name=name, resource_id=model_id,
+            arn=make_arn(ctx, f"custom-model/{path}/{model_id}"),
             status="Creating", ref_arn=source.ref_arn, origin_arn=source.origin_arn,
-            body={**lineage, "ownerAccountId": ctx.account, **({"modelKmsKeyArn": kms} if kms else {}),
+            body={**lineage, "ownerAccountId": ctx.account, "modelKmsKeyArn": kms,
                   "_artifacts": model_location(ctx.settings, ctx.account, ctx.region, model_id).uri,
                   "_copiedFrom": source.arn},
             tags=params.get("targetModelTags"))

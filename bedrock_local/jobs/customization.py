@@ -79,9 +79,12 @@ class CustomizationHandler(Handler):
             self._save_checkpoint(ctx, path, metrics)
             self._write_metrics(ctx, body, job_id, metrics, [])
 
-        result = training.train(base, train_records, validation_records or None, config, work / "model",
-                                checkpoints, on_step=on_step, should_stop=ctx.should_stop,
-                                on_checkpoint=on_checkpoint)
+        try:
+            result = training.train(base, train_records, validation_records or None, config, work / "model",
+                                    checkpoints, on_step=on_step, should_stop=ctx.should_stop,
+                                    on_checkpoint=on_checkpoint)
+        except training.DataError as exc:
+            raise CustomizationFailed(f"Invalid training data: {exc}")
         self._write_metrics(ctx, body, job_id, metrics, result.validation_metrics)
         ctx.check()
         if result.stopped:

@@ -44,7 +44,7 @@ def find_job(session, ctx: Context, identifier: str) -> Resource:
 
 
 def _effective_hyperparameters(values: dict, customization_type: str) -> dict:
-    from bedrock_local.engine.training import HyperParameterError, parse_hyperparameters
+    from bedrock_local.engine.training_data import HyperParameterError, parse_hyperparameters
 
     try:
         return parse_hyperparameters(values, customization_type)[1]

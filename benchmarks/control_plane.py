@@ -22,18 +22,36 @@ requests walk every page of the scope (first page and each nextToken) in turn. T
 cell on both stores and the ratio of the large store to the baseline measured in the same run:
 a List whose latency grew with resources outside the caller's scope would show a ratio well above 1.
 
-    python -m benchmarks.control_plane                      # SQLite in temporary data dirs
+A second suite (`--suite customization`; the default `--suite all` runs both) measures
+GetModelCustomizationJob and ListModelCustomizationJobs (maxResults=100, every page in turn) over
+10,000 jobs against four servers in the same run, each a process of its own: bedrock-local (`serve
+--workers 0`, the jobs seeded through the store layer plus 100 through CreateModelCustomizationJob),
+moto's server (`python -m moto.server`, seeded through boto3 within a time budget: the output says
+how many jobs it got), and two floor servers answering fixed bytes (bedrock-local's own answer to a
+Get and to a List page): a stdlib asyncio one (the floor: what boto3 itself costs for that
+response) and a bare ASGI callable under uvicorn (what the HTTP server alone adds). The servers take
+turns round by round; the table prints req/s, p50/p99, the ratio to the floor and to moto, and the
+issue's goals (Get at 0.8x the floor or better, a List of 100 at 6x moto or better). `--profile`
+records the bedrock-local process with py-spy during the 1-client List cell and prints its top
+functions.
+
+    python -m benchmarks.control_plane                      # SQLite in temporary data dirs, both suites
     python -m benchmarks.control_plane --database-url postgresql://postgres@127.0.0.1:5432/test
+    python -m benchmarks.control_plane --suite customization --profile list-stacks.txt
 """
 
 import argparse
 import contextlib
 import datetime
 import hashlib
+import importlib.metadata
+import importlib.util
+import itertools
 import json
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import socket
@@ -515,6 +533,562 @@ def report(cells: list[Cell], targets: list[Target], env: list[tuple[str, str]],
     console.print(f"benchmark run time: {elapsed:.0f} s (seeding, creates and measurement)")
 
 
+# ---------------------------------------------------------------- the customization suite
+#
+# GetModelCustomizationJob and ListModelCustomizationJobs (maxResults=100) over 10,000 jobs, through
+# boto3, against four servers measured in the same run, each in a process of its own:
+#
+# - bedrock-local: `serve --workers 0` on a store of CZ_JOBS jobs in the measured scope (all but
+#   --cz-api-jobs written through the store layer, those through CreateModelCustomizationJob);
+# - moto: `python -m moto.server` (moto's own Werkzeug server), seeded through boto3
+#   CreateModelCustomizationJob calls within a time budget (fewer jobs if the budget runs out: the
+#   output says how many);
+# - floor: a stdlib asyncio server that answers every request with fixed bytes, the very bytes
+#   bedrock-local answered to a Get and to a List page of 100: boto3's own cost for the same response;
+# - floor (uvicorn): the same fixed bytes from a bare ASGI callable under uvicorn with the settings
+#   `serve` uses (what the HTTP server alone costs, before Starlette and the service).
+
+CZ_KIND = "model-customization-job"
+CZ_OPERATIONS = ("GetModelCustomizationJob", "ListModelCustomizationJobs")
+CZ_BASE_MODEL = "huggingface.smollm2-135m-instruct-v1:0"
+CZ_ROLE = f"arn:aws:iam::{MEASURED[0]}:role/bench-customization"
+# the effective hyper-parameters CreateModelCustomizationJob stores for the request above (engine.training
+# HYPERPARAMETERS defaults, epochCount 1): written out here so the benchmark process does not import torch
+CZ_HYPERPARAMETERS = {"epochCount": "1", "batchSize": "8", "learningRate": "0.0001", "learningRateWarmupSteps": "0",
+                      "loraRank": "0", "loraAlpha": "16", "loraDropout": "0.05", "maxSequenceLength": "512"}
+FLOOR, FLOOR_UVICORN, OURS, MOTO = "floor", "floor (uvicorn)", "bedrock-local", "moto"
+
+
+def customization_request(i: int, prefix: str) -> dict:
+    """The CreateModelCustomizationJob parameters of job i (the same shape for bedrock-local and moto)."""
+    return {"jobName": f"{prefix}-job-{i:05d}", "customModelName": f"{prefix}-model-{i:05d}", "roleArn": CZ_ROLE,
+            "baseModelIdentifier": CZ_BASE_MODEL, "customizationType": "FINE_TUNING",
+            "hyperParameters": {"epochCount": "1"},
+            "trainingDataConfig": {"s3Uri": f"s3://bench-training/{prefix}-{i:05d}/train.jsonl"},
+            "validationDataConfig": {"validators": [{"s3Uri": f"s3://bench-training/{prefix}-{i:05d}/valid.jsonl"}]},
+            "outputDataConfig": {"s3Uri": f"s3://bench-output/{prefix}-{i:05d}/"},
+            "clientRequestToken": f"{prefix}-token-{i:05d}"}
+
+
+def seed_customization_jobs(database_url: str, count: int, seed_value: int) -> None:
+    """`count` finished jobs of the measured scope, with the columns and body members
+    CreateModelCustomizationJob and the training handler write (80% Completed with their metrics
+    and output model, 10% Failed, 10% Stopped), creation times spread over 30 days."""
+    from bedrock_local.engine.catalog import find_foundation_model
+    from bedrock_local.jobs.model_sources import foundation_source
+
+    account, region = MEASURED
+    base_arn = f"arn:aws:bedrock:{region}::foundation-model/{CZ_BASE_MODEL}"
+    source = foundation_source(find_foundation_model(CZ_BASE_MODEL)).to_json()
+    rng = random.Random(seed_value + 3)
+    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    db = open_database(database_url)
+    with db.session() as session, session.begin():
+        for i in range(count):
+            params = customization_request(i, "bench")
+            job_id = "".join(rng.choice(_ID_ALPHABET) for _ in range(12))
+            created = (now - datetime.timedelta(days=30) * rng.random()).replace(microsecond=0)
+            ended = created + datetime.timedelta(minutes=5 + 60 * rng.random())
+            roll = rng.random()
+            status = "Completed" if roll < 0.8 else "Failed" if roll < 0.9 else "Stopped"
+            phase_status = {"Completed": ("Completed",) * 3, "Failed": ("Completed", "Completed", "Failed"),
+                            "Stopped": ("Completed", "Completed", "Stopped")}[status]
+            details = {phase: {"status": state, "creationTime": created.isoformat(), "lastModifiedTime": ended.isoformat()}
+                       for phase, state in zip(("validationDetails", "dataProcessingDetails", "trainingDetails"), phase_status)}
+            body = {"outputModelName": params["customModelName"], "roleArn": CZ_ROLE,
+                    "clientRequestToken": params["clientRequestToken"], "baseModelArn": base_arn,
+                    "hyperParameters": CZ_HYPERPARAMETERS, "trainingDataConfig": params["trainingDataConfig"],
+                    "validationDataConfig": params["validationDataConfig"], "outputDataConfig": params["outputDataConfig"],
+                    "customizationType": "FINE_TUNING", "statusDetails": details, "endTime": ended.isoformat(),
+                    "_model": source, "_foundationModelId": CZ_BASE_MODEL, "_foundationModelArn": base_arn,
+                    "_customModelTags": [],
+                    "_requestHash": hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "clientRequestToken"},
+                                                              sort_keys=True).encode()).hexdigest()}
+            if status == "Completed":
+                model_id = "".join(rng.choice(_ID_ALPHABET) for _ in range(12))
+                loss = round(0.5 + 2 * rng.random(), 6)
+                body.update(outputModelArn=f"arn:aws:bedrock:{region}:{account}:custom-model/{CZ_BASE_MODEL}/{model_id}",
+                            trainingMetrics={"trainingLoss": loss},
+                            validationMetrics=[{"validationLoss": round(loss * 1.1, 6)}])
+            elif status == "Failed":
+                body["failureMessage"] = (f"Line {rng.randint(1, 500)} of s3://bench-training/bench-{i:05d}/train.jsonl "
+                                          f"is not valid JSON.")
+            resources.insert(
+                session, kind=CZ_KIND, account=account, region=region, resource_id=job_id,
+                arn=f"arn:aws:bedrock:{region}:{account}:model-customization-job/{CZ_BASE_MODEL}/{job_id}",
+                name=params["jobName"], unique_name=params["jobName"], status=status, ref_arn=base_arn,
+                client_token=params["clientRequestToken"], created_at=created, body=body)
+    db.dispose()
+
+
+def start_process(name: str, command: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a server process in a session of its own and wait until it listens on `port`."""
+    with open(log, "a") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+                                   cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return process
+        time.sleep(0.1)
+    stop_process(process)
+    raise RuntimeError(f"{name} did not listen in 120 s:\n{log.read_text()[-4000:]}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
+def _floor_response(body: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nx-amzn-RequestId: "
+            b"00000000-0000-4000-8000-000000000000\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def _is_list(path: bytes) -> bool:
+    return path.split(b"?", 1)[0].rstrip(b"/") == b"/model-customization-jobs"
+
+
+def serve_floor(kind: str, port: str, get_file: str, list_file: str) -> None:
+    """The floor server (run in a child process): every request under /model-customization-jobs/
+    answers the fixed Get body, /model-customization-jobs the fixed List body."""
+    get_body, list_body = Path(get_file).read_bytes(), Path(list_file).read_bytes()
+    if kind == "uvicorn":
+        import uvicorn
+
+        async def app(scope, receive, send):
+            while True:  # drain the request body
+                message = await receive()
+                if not message.get("more_body"):
+                    break
+            body = list_body if _is_list(scope["raw_path"]) else get_body
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"x-amzn-requestid", b"00000000-0000-4000-8000-000000000000")]})
+            await send({"type": "http.response.body", "body": body})
+
+        uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning", access_log=False, lifespan="off")
+        return
+
+    import asyncio
+
+    responses = {True: _floor_response(list_body), False: _floor_response(get_body)}
+
+    class Floor(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.buffer = transport, b""
+
+        def data_received(self, data):
+            self.buffer += data
+            while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+                head = self.buffer[:end].split(b"\r\n")
+                length = 0
+                for line in head[1:]:
+                    key, _, value = line.partition(b":")
+                    if key.strip().lower() == b"content-length":
+                        length = int(value)
+                if len(self.buffer) < end + 4 + length:
+                    return
+                self.buffer = self.buffer[end + 4 + length:]
+                self.transport.write(responses[_is_list(head[0].split(b" ")[1])])
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Floor, "127.0.0.1", int(port))
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+@dataclass
+class Endpoint:
+    name: str
+    url: str
+    process: subprocess.Popen | None = None
+    account: str = MEASURED[0]
+    get_ids: list[str] = field(default_factory=list)        # what GetModelCustomizationJob cycles over
+    list_tokens: list[str | None] = field(default_factory=list)  # the start of every page (None: the first)
+    jobs: int = 0                                            # jobs the List walk found
+    seeding: str = ""                                        # how they got there
+
+    def client(self):
+        session = boto3.session.Session()
+        return session.client("bedrock", endpoint_url=self.url, region_name=MEASURED[1],
+                              aws_access_key_id=access_key(self.account), aws_secret_access_key=secret_key(self.account),
+                              config=Config(retries={"max_attempts": 1}, max_pool_connections=4,
+                                            read_timeout=120, connect_timeout=10))
+
+    def maker(self, operation: str):
+        if operation == "GetModelCustomizationJob":
+            ids = self.get_ids
+            return lambda client, i: client.get_model_customization_job(jobIdentifier=ids[i % len(ids)])
+        tokens = self.list_tokens
+
+        def make(client, i):
+            token = tokens[i % len(tokens)]
+            client.list_model_customization_jobs(maxResults=PAGE, **({"nextToken": token} if token else {}))
+        return make
+
+
+@dataclass
+class CzCell:
+    operation: str
+    endpoint: Endpoint
+    clients: int
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    server_cpu: float = 0.0   # CPU seconds of the server process (all its threads) over the timed requests
+    client_cpu: float = 0.0   # CPU seconds of this process (boto3 and its client threads) over them
+
+    requests = Cell.requests
+    rate = Cell.rate
+    p = Cell.p
+
+    def per_request(self, seconds: float) -> float:
+        return seconds / self.requests * 1000 if self.requests else float("nan")
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process so far, from /proc (0 where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def walk_jobs(endpoint: Endpoint) -> list[dict]:
+    client = endpoint.client()
+    summaries, endpoint.list_tokens, token = [], [None], None
+    while True:
+        page = client.list_model_customization_jobs(maxResults=PAGE, **({"nextToken": token} if token else {}))
+        summaries += page["modelCustomizationJobSummaries"]
+        token = page.get("nextToken")
+        if not token:
+            endpoint.jobs = len(summaries)
+            return summaries
+        endpoint.list_tokens.append(token)
+
+
+def seed_moto(endpoint: Endpoint, count: int, budget: float, threads: int = 4) -> None:
+    """CreateModelCustomizationJob through boto3 until `count` jobs or `budget` seconds, `threads` at a time."""
+    created = [0] * threads
+    deadline = time.monotonic() + budget
+    started = time.perf_counter()
+
+    def worker(t: int):
+        client = endpoint.client()
+        for i in range(t, count, threads):
+            if time.monotonic() > deadline:
+                return
+            client.create_model_customization_job(**customization_request(i, "bench"))
+            created[t] += 1
+
+    pool = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    seconds = time.perf_counter() - started
+    done = sum(created)
+    endpoint.seeding = (f"{done:,} CreateModelCustomizationJob through boto3 ({threads} threads) in {seconds:.0f} s, "
+                        f"{done / seconds:,.0f}/s")
+    if done < count:
+        endpoint.seeding += f"; STOPPED at the {budget:.0f} s budget: {count - done:,} fewer jobs than asked"
+
+
+def capture_bodies(endpoint: Endpoint, work: Path) -> tuple[Path, Path]:
+    """The raw bytes bedrock-local answers to one Get and to one List page from the middle of the walk
+    (a typical page: the first holds the jobs created through the API, not yet started), for the floors."""
+    captured: dict[str, bytes] = {}
+    client = endpoint.client()
+    client.meta.events.register("after-call.bedrock",
+                                lambda http_response, model, **_: captured.__setitem__(model.name, http_response.content))
+    client.get_model_customization_job(jobIdentifier=endpoint.get_ids[len(endpoint.get_ids) // 2])
+    token = endpoint.list_tokens[len(endpoint.list_tokens) // 2]
+    client.list_model_customization_jobs(maxResults=PAGE, **({"nextToken": token} if token else {}))
+    files = work / "floor-get.json", work / "floor-list.json"
+    files[0].write_bytes(captured["GetModelCustomizationJob"])
+    files[1].write_bytes(captured["ListModelCustomizationJobs"])
+    return files
+
+
+def start_floor(name: str, kind: str, bodies: tuple[Path, Path], work: Path, like: Endpoint) -> Endpoint:
+    port = free_port()
+    code = "import sys; from benchmarks.control_plane import serve_floor; serve_floor(*sys.argv[1:])"
+    command = [sys.executable, "-c", code, kind, str(port), str(bodies[0]), str(bodies[1])]
+    process = start_process(name, command, port, work / f"floor-{kind}.log")
+    # the same requests as bedrock-local's (the answer does not depend on them)
+    return Endpoint(name, f"http://127.0.0.1:{port}", process, get_ids=like.get_ids, list_tokens=like.list_tokens,
+                    jobs=len(json.loads(bodies[1].read_bytes())["modelCustomizationJobSummaries"]),
+                    seeding=f"fixed bodies: bedrock-local's answer to one Get ({bodies[0].stat().st_size:,} bytes) and "
+                            f"to a List page from the middle ({bodies[1].stat().st_size:,} bytes)")
+
+
+def measure_endpoints(endpoints: list[Endpoint], operation: str, clients: int, requests: int, warmup: int,
+                      rounds: int) -> list[CzCell]:
+    """`requests` requests on each endpoint in `rounds` runs; each round takes the endpoints in
+    another order (every permutation in turn) so that drift of a shared machine falls on all alike."""
+    cells = [CzCell(operation, e, clients) for e in endpoints]
+    pools = [[e.client() for _ in range(clients)] for e in endpoints]
+    makers = [e.maker(operation) for e in endpoints]
+    for pool, make in zip(pools, makers):
+        run_load(pool, make, 0, warmup)
+    orders = list(itertools.permutations(range(len(endpoints))))
+    for r in range(rounds):
+        count = requests // rounds + (1 if r < requests % rounds else 0)
+        for index in orders[(r * 5) % len(orders)]:
+            pid = endpoints[index].process.pid
+            server_before, client_before = process_cpu(pid), time.process_time()
+            latencies, wall = run_load(pools[index], makers[index], count, 0, offset=r * requests)
+            cells[index].client_cpu += time.process_time() - client_before
+            cells[index].server_cpu += process_cpu(pid) - server_before
+            cells[index].latencies += latencies
+            cells[index].seconds += wall
+    return cells
+
+
+@contextlib.contextmanager
+def py_spy(pid: int, out: Path | None, seconds: float):
+    """py-spy record (raw collapsed stacks) of the server while the block runs; None when not asked."""
+    if out is None or shutil.which("py-spy") is None:
+        yield None
+        return
+    process = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--gil",
+                                "--rate", str(PROFILE_RATE),
+                                "--duration", str(int(seconds)), "--nonblocking", "--output", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield out
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+_FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+PROFILE_RATE = 250  # py-spy samples per second
+
+
+@dataclass
+class Profile:
+    samples: int                                   # GIL-holding samples of the server process
+    requests: int                                  # bedrock-local requests while it was recorded
+    own: list[tuple[str, float]]                   # functions by self share (on top of the stack)
+    ours: list[tuple[str, float]]                  # bedrock_local functions by inclusive share
+
+    @property
+    def ms_per_request(self) -> float:
+        return self.samples / PROFILE_RATE / self.requests * 1000 if self.requests else float("nan")
+
+
+def top_functions(collapsed: Path, requests: int, limit: int = 12) -> Profile:
+    """From py-spy's collapsed stacks (--gil: only the thread holding the GIL is sampled, so the
+    samples are the process's Python CPU time): the functions with the most self samples, and the
+    bedrock_local functions with the most inclusive samples (line numbers merged)."""
+    total, inclusive, own = 0, {}, {}
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit() or not stack:
+            continue
+        n = int(count)
+        names = []
+        for frame in stack.split(";"):
+            found = _FRAME.match(frame)
+            names.append((found["name"], "/".join(found["file"].split("/")[-2:])) if found else (frame, ""))
+        total += n
+        for name in set(names):
+            inclusive[name] = inclusive.get(name, 0) + n
+        own[names[-1]] = own.get(names[-1], 0) + n
+
+    def label(key):
+        return f"{key[0]} ({key[1]})" if key[1] else key[0]
+
+    if not total:
+        return Profile(0, requests, [], [])
+    by_self = sorted(own, key=lambda k: -own[k])[:limit]
+    roots = {"<module>", "main", "serve"}
+    ours = sorted((k for k in inclusive if "bedrock_local/" in k[1] or k[1].startswith(("api/", "service/", "store/"))
+                   if k[0] not in roots), key=lambda k: -inclusive[k])[:limit]
+    return Profile(total, requests, [(label(k), own[k] / total) for k in by_self],
+                   [(label(k), inclusive[k] / total) for k in ours])
+
+
+def run_customization(args, work: Path, credentials: Path, started: float):
+    """Seed, serve and measure the customization suite; answers (cells, endpoints, notes, profile)."""
+    def say(text: str):
+        console.print(f"[{time.perf_counter() - started:5.1f}s] {text}")
+
+    with contextlib.ExitStack() as stack:
+        url = (stack.enter_context(postgres_schemas(args.database_url, ["customization"], args.keep))[0]
+               if args.database_url else None)
+        data_dir = work / "customization"
+        data_dir.mkdir()
+        settings = Settings(data_dir=data_dir, database_url=url)
+        seeded = args.cz_jobs - args.cz_api_jobs
+        say(f"customization: seeding {seeded:,} jobs through the store layer")
+        t0 = time.perf_counter()
+        seed_customization_jobs(settings.resolved_database_url, seeded, args.seed)
+        seed_seconds = time.perf_counter() - t0
+        server = Server("customization", data_dir, url, credentials).start()
+        stack.callback(server.stop)
+        ours = Endpoint(OURS, server.url, server.process)
+        say(f"customization: bedrock-local on {server.url}; {args.cz_api_jobs} CreateModelCustomizationJob through boto3")
+        client = ours.client()
+        t0 = time.perf_counter()
+        for i in range(args.cz_api_jobs):
+            client.create_model_customization_job(**customization_request(i, "api"))
+        api_seconds = time.perf_counter() - t0
+        summaries = walk_jobs(ours)
+        ours.get_ids = [s["jobArn"] for s in summaries]
+        prefix = f"arn:aws:bedrock:{MEASURED[1]}:{MEASURED[0]}:model-customization-job/{CZ_BASE_MODEL}/"
+        if ours.jobs != args.cz_jobs or not all(a.startswith(prefix) and len(a) == len(prefix) + 12 for a in ours.get_ids):
+            raise SystemExit(f"bedrock-local lists {ours.jobs} jobs (expected {args.cz_jobs}) or an ARN off the pattern")
+        ours.seeding = (f"{seeded:,} through the store layer in {seed_seconds:.1f} s + {args.cz_api_jobs} "
+                        f"CreateModelCustomizationJob through boto3 in {api_seconds:.1f} s")
+        endpoints = [ours]
+
+        if args.cz_moto_jobs:
+            port = free_port()
+            process = start_process("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                    port, work / "moto.log")
+            stack.callback(stop_process, process)
+            moto = Endpoint(MOTO, f"http://127.0.0.1:{port}", process)
+            say(f"customization: moto on {moto.url}; seeding up to {args.cz_moto_jobs:,} jobs through boto3 "
+                f"(budget {args.cz_moto_budget:.0f} s)")
+            seed_moto(moto, args.cz_moto_jobs, args.cz_moto_budget)
+            say(f"customization: moto: {moto.seeding}")
+            moto.get_ids = [s["jobName"] for s in walk_jobs(moto)]  # moto finds a job by its name only
+            endpoints.append(moto)
+
+        bodies = capture_bodies(ours, work)
+        floors = [start_floor(name, kind, bodies, work, ours)
+                  for name, kind in ((FLOOR, "asyncio"), (FLOOR_UVICORN, "uvicorn"))]
+        for floor in floors:
+            stack.callback(stop_process, floor.process)
+        endpoints = floors + endpoints
+
+        say("customization: measuring " + ", ".join(e.name for e in endpoints))
+        cells: list[CzCell] = []
+        profile = None
+        for operation in CZ_OPERATIONS:
+            requests = args.cz_get_requests if operation == "GetModelCustomizationJob" else args.cz_list_requests
+            for clients in args.clients:
+                profiling = args.profile if operation == "ListModelCustomizationJobs" and clients == 1 else None
+                out = work / "list-profile.txt" if profiling else None
+                with py_spy(server.process.pid, out, 600) as recorded:
+                    batch = measure_endpoints(endpoints, operation, clients, requests, args.warmup, args.rounds)
+                if recorded is not None and recorded.exists():
+                    profile = top_functions(recorded, requests + args.warmup * clients)
+                    if args.profile != "-":
+                        shutil.copy(recorded, args.profile)
+                cells += batch
+                say(f"  {operation:<26} {clients} client(s): " + ", ".join(
+                    f"{c.endpoint.name} {c.rate:,.0f} req/s" for c in batch))
+        moto_note = (f"moto {importlib.metadata.version('moto')} (`python -m moto.server`, Werkzeug, threaded; it "
+                     f"answers `Connection: close`, so each request opens a connection)" if args.cz_moto_jobs
+                     else "not run (--cz-moto-jobs 0)")
+        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        notes = [("moto", moto_note),
+                 ("floor", (f"stdlib asyncio Protocol answering fixed bytes (keep-alive); floor (uvicorn): a bare "
+                            f"ASGI callable, uvicorn {importlib.metadata.version('uvicorn')} with serve's settings "
+                            f"(http={http}, loop={loop}, as installed here)")),
+                 ("CPU columns", ("server: user+system CPU of the server process over the timed requests (/proc); "
+                                  "boto3: of this process (all client threads); per request"))]
+    return cells, endpoints, notes, profile
+
+
+def report_customization(cells: list[CzCell], endpoints: list[Endpoint], notes: list[tuple[str, str]], profile,
+                         args, load_before: tuple, elapsed: float) -> None:
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    info = Table(title="customization suite: environment", show_header=False, box=None)
+    for key, value in [
+        ("CPUs", f"{os.cpu_count()} (usable: {affinity}); servers and boto3 clients share them"),
+        ("python", (f"{platform.python_implementation()} {platform.python_version()}, boto3 {boto3.__version__}, "
+                    f"botocore {botocore.__version__}")),
+        ("database", "PostgreSQL (--database-url)" if args.database_url else "SQLite (embedded default)"),
+        ("bedrock-local", "bedrock-local serve --workers 0 (one uvicorn process, API only)"),
+        *notes,
+        ("load average", f"{load_before[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end (1 min)"),
+    ]:
+        info.add_row(key, value)
+    console.print(info)
+
+    stores = Table(title="customization suite: what each server holds")
+    for column in ("server", "jobs listed", "List pages", "how"):
+        stores.add_column(column, justify="left" if column in ("server", "how") else "right")
+    for e in endpoints:
+        stores.add_row(e.name, f"{e.jobs:,}", f"{len(e.list_tokens):,}", e.seeding)
+    console.print(stores)
+
+    table = Table(title=f"Get = GetModelCustomizationJob, List = ListModelCustomizationJobs maxResults={PAGE} (every "
+                        f"page in turn), through boto3; ratios of req/s measured in the same run; goals: Get >= 0.80 x "
+                        f"floor, List >= 6 x moto")
+    for column in ("server", "op", "clients", "requests", "req/s", "p50 ms", "p99 ms", "server CPU ms/req",
+                   "boto3 CPU ms/req", "/ floor", "/ moto", "goal"):
+        table.add_column(column, justify="left" if column in ("server", "op", "goal") else "right")
+    by_key = {(c.endpoint.name, c.operation, c.clients): c for c in cells}
+    for cell in cells:
+        floor = by_key.get((FLOOR, cell.operation, cell.clients))
+        moto = by_key.get((MOTO, cell.operation, cell.clients))
+        goal = ""
+        if cell.endpoint.name == OURS and cell.operation == "GetModelCustomizationJob" and floor:
+            goal = "met" if cell.rate >= 0.8 * floor.rate else "NOT MET"
+        elif cell.endpoint.name == OURS and moto:
+            goal = "met" if cell.rate >= 6 * moto.rate else "NOT MET"
+        table.add_row(cell.endpoint.name, "Get" if cell.operation == "GetModelCustomizationJob" else "List",
+                      str(cell.clients), str(cell.requests), f"{cell.rate:,.0f}", f"{cell.p(0.50):.2f}",
+                      f"{cell.p(0.99):.2f}", f"{cell.per_request(cell.server_cpu):.2f}",
+                      f"{cell.per_request(cell.client_cpu):.2f}", f"{cell.rate / floor.rate:.2f}" if floor else "",
+                      f"{cell.rate / moto.rate:.2f}" if moto else "", goal, end_section=cell.endpoint is endpoints[-1])
+    console.print(table)
+    for clients in sorted({c.clients for c in cells}):
+        ours_get, floor_get = by_key.get((OURS, CZ_OPERATIONS[0], clients)), by_key.get((FLOOR, CZ_OPERATIONS[0], clients))
+        if ours_get and floor_get:
+            ratio = ours_get.rate / floor_get.rate
+            console.print(f"{clients} client(s), Get: bedrock-local at {ratio:.2f} x the floor (goal 0.80): "
+                          f"{'met' if ratio >= 0.8 else 'NOT MET'}")
+        ours_list, moto_list = by_key.get((OURS, CZ_OPERATIONS[1], clients)), by_key.get((MOTO, CZ_OPERATIONS[1], clients))
+        floor_list = by_key.get((FLOOR, CZ_OPERATIONS[1], clients))
+        if ours_list and moto_list:
+            ratio = ours_list.rate / moto_list.rate
+            line = (f"{clients} client(s), List of {PAGE}: bedrock-local at {ratio:.2f} x moto (goal 6): "
+                    f"{'met' if ratio >= 6 else 'NOT MET'}")
+            if floor_list and floor_list.rate < 6 * moto_list.rate:
+                line += (f"; the floor itself (no server work, boto3 parsing bedrock-local's page: "
+                         f"{floor_list.per_request(floor_list.client_cpu):.0f} ms of client CPU against "
+                         f"{moto_list.per_request(moto_list.client_cpu):.0f} ms for moto's smaller summaries) is at "
+                         f"{floor_list.rate / moto_list.rate:.2f} x moto, so 6 x is out of reach through boto3 with this "
+                         f"response")
+            console.print(line)
+    if profile is not None:
+        top = Table(title=f"bedrock-local server during the 1-client List cell (py-spy --gil: {profile.samples:,} samples "
+                          f"at {PROFILE_RATE}/s = {profile.ms_per_request:.1f} ms of Python CPU per List request)")
+        for column in ("most self time", "self", "bedrock_local functions", "inclusive"):
+            top.add_column(column, justify="right" if column in ("self", "inclusive") else "left")
+        for i in range(max(len(profile.own), len(profile.ours))):
+            own = profile.own[i] if i < len(profile.own) else ("", None)
+            ours = profile.ours[i] if i < len(profile.ours) else ("", None)
+            top.add_row(own[0], "" if own[1] is None else f"{own[1]:.0%}",
+                        ours[0], "" if ours[1] is None else f"{ours[1]:.0%}")
+        console.print(top)
+    console.print(f"customization suite run time: {elapsed:.0f} s (seeding, creates and measurement)")
+
+
 # ---------------------------------------------------------------- main
 
 @contextlib.contextmanager
@@ -592,9 +1166,29 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs per cell and store, alternating the stores (default 8)")
     parser.add_argument("--seed", type=int, default=20230420)
     parser.add_argument("--keep", action="store_true", help="keep the data dirs / PostgreSQL schemas afterwards")
+    parser.add_argument("--suite", choices=("all", "resources", "customization"), default="all",
+                        help="resources: GetCustomModel, ListCustomModels, ListModelCopyJobs on two stores; "
+                             "customization: Get/ListModelCustomizationJobs against bedrock-local, moto and the "
+                             "fixed-body floor servers; all (default): both")
+    group = parser.add_argument_group("customization suite")
+    group.add_argument("--cz-jobs", type=int, default=10_000, help="jobs in bedrock-local's store (default 10,000)")
+    group.add_argument("--cz-api-jobs", type=int, default=100,
+                       help="of those, created through boto3 CreateModelCustomizationJob (default 100)")
+    group.add_argument("--cz-moto-jobs", type=int, default=10_000,
+                       help="jobs to create in moto through boto3 (default 10,000; 0: no moto)")
+    group.add_argument("--cz-moto-budget", type=float, default=120.0,
+                       help="seconds allowed for seeding moto; fewer jobs if it runs out, and the output says so")
+    group.add_argument("--cz-get-requests", type=int, default=800, help="Get requests per cell and server (default 800)")
+    group.add_argument("--cz-list-requests", type=int, default=240,
+                       help="List requests per cell and server (default 240)")
+    group.add_argument("--profile", nargs="?", const="-", metavar="FILE",
+                       help="py-spy record the bedrock-local server during the 1-client List cell and print its top "
+                            "functions; FILE keeps the collapsed stacks")
     args = parser.parse_args(argv)
     if args.database_url and not args.database_url.startswith("postgresql"):
         parser.error("--database-url must be a postgresql:// URL (the default is SQLite)")
+    if not 0 <= args.cz_api_jobs <= args.cz_jobs:
+        parser.error("--cz-api-jobs must be between 0 and --cz-jobs")
 
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -604,13 +1198,24 @@ def main(argv: list[str] | None = None) -> int:
     credentials.write_text(json.dumps({access_key(a): {"secretAccessKey": secret_key(a), "accountId": a}
                                        for a in ACCOUNTS}))
     names = ["baseline", "large"]
+    resources_result = customization_result = None
     try:
-        cells, targets, env = run_benchmark(args, work, credentials, names, (baseline_plan, large_plan),
-                                            started, load_before)
+        if args.suite in ("all", "resources"):
+            resources_result = run_benchmark(args, work, credentials, names, (baseline_plan, large_plan),
+                                             started, load_before)
+            resources_done = time.perf_counter()
+        if args.suite in ("all", "customization"):
+            cz_started, cz_load = time.perf_counter(), os.getloadavg()
+            customization_result = run_customization(args, work, credentials, started)
+            cz_elapsed = time.perf_counter() - cz_started
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    report(cells, targets, env, args, time.perf_counter() - started)
+    if resources_result is not None:
+        report(*resources_result, args, resources_done - started)
+    if customization_result is not None:
+        report_customization(*customization_result, args, cz_load, cz_elapsed)
+    console.print(f"whole run: {time.perf_counter() - started:.0f} s")
     if args.keep:
         console.print(f"data kept in {work}")
     return 0

@@ -294,9 +294,11 @@ def format_timestamp(value: datetime.datetime | str, fmt: str):
         value = datetime.datetime.fromisoformat(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=datetime.timezone.utc)
-    value = value.astimezone(datetime.timezone.utc)
+    elif value.utcoffset():
+        value = value.astimezone(datetime.timezone.utc)
     if fmt == "unixTimestamp":
         return value.timestamp()
     if fmt == "rfc822":
         return value.strftime("%a, %d %b %Y %H:%M:%S GMT")
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # ISO 8601 in milliseconds, UTC: 2026-11-23T16:02:39.628Z
+    return value.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"

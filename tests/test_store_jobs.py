@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -538,3 +539,34 @@ def test_job_past_max_attempts_ends_failed(database_url, make_server, open_db):
     jobs = jobs_by_arn(db)
     assert (jobs[crashing].state, jobs[crashing].attempts, jobs[crashing].lease_owner) == ("done", MAX_ATTEMPTS + 1, None)
     assert (jobs[last_try].state, jobs[last_try].attempts) == ("done", MAX_ATTEMPTS)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_stop_when_their_server_is_killed(make_server):
+    """kill -9 of the server process alone: its workers notice and exit instead of running on as orphans."""
+    server = make_server("orphans", workers=2)
+    workers = wait_until(lambda: len(_children(server.process.pid)) == 2 and _children(server.process.pid),
+                         timeout=60, what="two worker processes")
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(10)
+    wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30, what="the orphaned workers to exit")

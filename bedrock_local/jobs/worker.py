@@ -120,9 +120,14 @@ class Worker:
         self.handlers = handlers()
         self.stopping = threading.Event()
 
-    def run_forever(self) -> None:
+    def run_forever(self, parent_pid: int | None = None) -> None:
+        """Claim and run jobs until stopped; a worker started by `serve` also stops when that server
+        is gone (killed without a chance to stop it), instead of running on as an orphan."""
         log.info("worker %s started", self.worker_id)
         while not self.stopping.is_set():
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.warning("worker %s: its server (pid %s) is gone; stopping", self.worker_id, parent_pid)
+                return
             if not self.run_once():
                 self.stopping.wait(self.settings.poll_seconds)
 
@@ -186,8 +191,9 @@ class Worker:
                 ctx._lost.set()
 
 
-def worker_main(settings: Settings, threads: int | None = None) -> None:
-    """Entry point of a worker process; `threads` splits the CPU cores between the workers of a host."""
+def worker_main(settings: Settings, threads: int | None = None, parent_pid: int | None = None) -> None:
+    """Entry point of a worker process; `threads` splits the CPU cores between the workers of a host;
+    `parent_pid` is the server that started it (None for a `bedrock-local worker` of its own)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if threads:
         import torch
@@ -195,14 +201,15 @@ def worker_main(settings: Settings, threads: int | None = None) -> None:
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
-    worker.run_forever()
+    worker.run_forever(parent_pid)
 
 
 def start_worker_processes(settings: Settings, count: int) -> list[multiprocessing.Process]:
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(count):
-        process = context.Process(target=worker_main, args=(settings, max(1, (os.cpu_count() or 1) // count)),
+        process = context.Process(target=worker_main,
+                                  args=(settings, max(1, (os.cpu_count() or 1) // count), os.getpid()),
                                   name=f"bedrock-local-worker-{index}", daemon=True)
         process.start()
         processes.append(process)

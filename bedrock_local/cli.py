@@ -1,7 +1,9 @@
 """The `bedrock-local` command: `serve` (API and worker processes) and `worker` (a worker only)."""
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -63,11 +65,32 @@ def serve(args: argparse.Namespace) -> int:
     workers = start_worker_processes(settings, settings.workers)
     log.info("bedrock-local on http://%s:%s, data in %s, %d worker(s)", settings.host, settings.port,
              settings.data_dir.resolve(), len(workers))
+    server = _api_server_class()(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                                       access_log=False))
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
+        server.run()
     finally:
         stop_worker_processes(workers)
     return 0
+
+
+def _api_server_class():
+    import uvicorn
+
+    class ApiServer(uvicorn.Server):
+        """uvicorn's server, but SIGINT/SIGTERM only ask it to exit: uvicorn re-raises the signal after
+        shutting down, which would kill `serve` before it stops its worker processes."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return ApiServer
 
 
 def worker(args: argparse.Namespace) -> int:

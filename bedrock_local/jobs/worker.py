@@ -204,12 +204,19 @@ def worker_main(settings: Settings, threads: int | None = None, parent_pid: int 
     worker.run_forever(parent_pid)
 
 
+def threads_per_worker(count: int) -> int | None:
+    """The cores this process may use, split between `count` workers; None leaves torch's own
+    choice when the user set OMP_NUM_THREADS."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // max(1, count))
+
+
 def start_worker_processes(settings: Settings, count: int) -> list[multiprocessing.Process]:
     context = multiprocessing.get_context("spawn")
     processes = []
     for index in range(count):
-        process = context.Process(target=worker_main,
-                                  args=(settings, max(1, (os.cpu_count() or 1) // count), os.getpid()),
+        process = context.Process(target=worker_main, args=(settings, threads_per_worker(count), os.getpid()),
                                   name=f"bedrock-local-worker-{index}", daemon=True)
         process.start()
         processes.append(process)

@@ -570,3 +570,13 @@ def test_workers_stop_when_their_server_is_killed(make_server):
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait(10)
     wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30, what="the orphaned workers to exit")
+
+
+def test_sigterm_to_the_server_stops_its_workers(make_server):
+    """SIGTERM to the server process alone: it shuts down, stops its workers, and exits 0."""
+    server = make_server("sigterm", workers=2)
+    workers = wait_until(lambda: len(_children(server.process.pid)) == 2 and _children(server.process.pid),
+                         timeout=60, what="two worker processes")
+    os.kill(server.process.pid, signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=15, what="the workers to stop")

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import threading
+import time
 import traceback
 
 from bedrock_local.engine.catalog import KIND_TEXT
@@ -26,6 +27,7 @@ from bedrock_local.store.schema import Resource
 log = logging.getLogger("bedrock_local.batch")
 
 VALIDATION_CHECK_LINES = 10_000
+FLUSH_SHARE = 10  # flush at most once per 10x the time the last flush took
 COUNT_NAMES = ("processedRecordCount", "successRecordCount", "errorRecordCount", "inputTokenCount", "outputTokenCount")
 _cache = None
 _cache_lock = threading.Lock()
@@ -276,7 +278,22 @@ class BatchInferenceHandler(Handler):
             out = root.join(*(entry["name"] + ".out").split("/"))
             lines = self._kept_lines(ctx, out, state["done"] if index == state["file"] else 0)
             records = self._records(ctx, S3Location.parse(entry["uri"]), skip=len(lines))
-            while chunk := list(itertools.islice(records, size)):
+            # The whole .out object is rewritten at each flush (S3 has no append): flush after every
+            # chunk while that is cheap, but never spend more than 1/FLUSH_SHARE of the time on it.
+            # Before a stop, a timeout and the end of the file, what is finished is always flushed.
+            last_flush, flush_cost, pending = time.monotonic(), 0.0, False
+            while True:
+                chunk = list(itertools.islice(records, size))
+                ending = not chunk or ctx.should_stop() or utcnow() > deadline
+                if pending and (ending or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
+                    started = time.monotonic()
+                    ctx.check_lease()
+                    ctx.objects.put_bytes(out, "".join(lines).encode())
+                    self._record_progress(ctx, {"file": index, "done": len(lines), "counts": counts})
+                    last_flush, pending = time.monotonic(), False
+                    flush_cost = last_flush - started
+                if not chunk:
+                    break
                 ctx.check()
                 if utcnow() > deadline:
                     raise TimedOut()
@@ -286,8 +303,7 @@ class BatchInferenceHandler(Handler):
                     counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
                     counts["inputTokenCount"] += tokens_in
                     counts["outputTokenCount"] += tokens_out
-                ctx.objects.put_bytes(out, "".join(lines).encode())
-                self._record_progress(ctx, {"file": index, "done": len(lines), "counts": counts})
+                pending = True
             if not lines:
                 ctx.objects.put_bytes(out, b"")
             self._record_progress(ctx, {"file": index + 1, "done": 0, "counts": counts})

@@ -61,6 +61,10 @@ class JobContext:
         """Stop requested or lease lost: long work should wind down at its next safe point."""
         return self._stop.is_set() or self._lost.is_set()
 
+    def check_lease(self) -> None:
+        if self._lost.is_set():
+            raise LeaseLost()
+
     def check(self) -> None:
         """Raise if the lease is lost or a stop was requested (call between units of work)."""
         if self._lost.is_set():

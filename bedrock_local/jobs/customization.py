@@ -52,6 +52,10 @@ class CustomizationHandler(Handler):
             raise CustomizationFailed(
                 f"The base model {body['baseModelArn']} does not support {body['customizationType']}; "
                 f"see customizationsSupported in GetFoundationModel.")
+        output = S3Location.parse(body["outputDataConfig"]["s3Uri"])
+        if not ctx.objects.bucket_exists(output.bucket):  # before training, not after it
+            raise CustomizationFailed(f"The output bucket '{output.bucket}' of {body['outputDataConfig']['s3Uri']} "
+                                      f"does not exist.")
         train_records = self._read(ctx, body["trainingDataConfig"]["s3Uri"], body["customizationType"], training)
         validation_records = []
         for validator in body.get("validationDataConfig", {}).get("validators", []):
@@ -72,8 +76,8 @@ class CustomizationHandler(Handler):
                             "training_loss": step.training_loss, "perplexity": step.perplexity})
             ctx.progress = {"step": step.step, "epoch": step.epoch, "trainingLoss": step.training_loss}
             with ctx.session() as session:
-                move(ctx.resource(session), "InProgress", _progress=ctx.progress,
-                     trainingMetrics={"trainingLoss": step.training_loss})
+                job = ctx.resource(session)  # InProgress, or Stopping when a Stop came in
+                move(job, job.status, _progress=ctx.progress, trainingMetrics={"trainingLoss": step.training_loss})
 
         def on_checkpoint(path: Path) -> None:
             self._save_checkpoint(ctx, path, metrics)
@@ -176,7 +180,11 @@ class CustomizationHandler(Handler):
         validation_metrics = [{"validationLoss": result.validation_loss}] if result.validation_loss is not None else []
         with ctx.session() as session:
             job = ctx.resource(session)
+            if job.status == "Stopping":  # a Stop that came in after the last step: no model
+                ctx.objects.delete_prefix(target)
+                raise JobStopped()
             if resources.name_taken(session, Scope(account, region), MODEL_KIND, body["outputModelName"]):
+                ctx.objects.delete_prefix(target)
                 raise CustomizationFailed(f"A custom model named '{body['outputModelName']}' was created while "
                                           f"this job trained; the trained model was not kept.")
             model_arn = f"arn:aws:bedrock:{region}:{account}:custom-model/{body['_foundationModelId']}/{model_id}"
@@ -197,12 +205,20 @@ class CustomizationHandler(Handler):
                  statusDetails=_phase(job, "trainingDetails", "Completed"))
 
     # ---- endings -------------------------------------------------------------------------
+    @staticmethod
+    def _discard_work(ctx: JobContext, resource: Resource) -> None:
+        """A job that ended without a model leaves no local checkpoints behind (1.6 GB for a full
+        fine-tune of the packaged SmolLM2): Failed and Stopped are final, nothing resumes them."""
+        shutil.rmtree(ctx.settings.cache_dir / "customization" / resource.resource_id, ignore_errors=True)
+
     def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None:
+        self._discard_work(ctx, resource)
         details = {name: dict(info, status="Failed" if info["status"] == "InProgress" else info["status"])
                    for name, info in resource.body["statusDetails"].items()}
         move(resource, "Failed", failureMessage=message[:2048], endTime=utcnow().isoformat(), statusDetails=details)
 
     def stopped(self, ctx: JobContext, session, resource: Resource) -> None:
+        self._discard_work(ctx, resource)
         details = {name: dict(info, status="Stopped" if info["status"] in ("InProgress", "NotStarted") else info["status"])
                    for name, info in resource.body["statusDetails"].items()}
         if resource.status != "Stopping":

@@ -80,7 +80,8 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
                 raise ValidationException(f"The custom model '{base.arn}' was imported, not derived from a foundation "
                                           f"model: it cannot be customized further.")
         check_name_free(session, ctx, MODEL_KIND, "custom model", params["customModelName"])
-        job_id, now = new_id(), utcnow().isoformat()
+        job_id, created = new_id(), utcnow()
+        now = created.isoformat()  # the phases start when the job does
         kms = params.get("customModelKmsKeyId")
         body = {"outputModelName": params["customModelName"], "roleArn": params["roleArn"],
                 "clientRequestToken": params.get("clientRequestToken"), "baseModelArn": base_arn,
@@ -97,7 +98,8 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
         job = insert_unique(
             session, ctx, KIND, "model customization job", name=params["jobName"], body=body, resource_id=job_id,
             arn=make_arn(ctx, f"model-customization-job/{foundation_id}/{job_id}"), status="InProgress",
-            ref_arn=base_arn, client_token=params.get("clientRequestToken"), tags=params.get("jobTags"))
+            ref_arn=base_arn, client_token=params.get("clientRequestToken"), tags=params.get("jobTags"),
+            created_at=created)
         queue.enqueue(session, job, "customization")
         return {"jobArn": job.arn}
 

@@ -11,7 +11,8 @@ import re
 from sqlalchemy.exc import IntegrityError
 
 from bedrock_local.service.context import Context
-from bedrock_local.service.errors import ConflictException, TooManyTagsException, ValidationException
+from bedrock_local.service.errors import (ConflictException, ResourceNotFoundException, TooManyTagsException,
+                                          ValidationException)
 from bedrock_local.store import resources
 from bedrock_local.store.resources import new_id  # noqa: F401  (re-exported for the service modules)
 from bedrock_local.store.schema import Resource
@@ -46,6 +47,18 @@ def idempotent_replay(session, ctx: Context, kind: str, params: dict) -> Resourc
         raise ConflictException(
             f"The clientRequestToken '{token}' was already used with different parameters for {earlier.arn}.")
     return earlier
+
+
+def find_in_scope(session, ctx: Context, kind: str, what: str, identifier: str) -> Resource:
+    """A resource of the caller's account and region by ARN or by name; anything else, including an
+    ARN of another account or region, is not found (existence never leaks across accounts)."""
+    if identifier.startswith("arn:"):
+        found = resources.find(session, ctx.scope, kind, arn=identifier)  # the scope is part of the query
+    else:
+        found = resources.find(session, ctx.scope, kind, name=identifier)
+    if found is None:
+        raise ResourceNotFoundException(f"The {what} '{identifier}' does not exist.")
+    return found
 
 
 def check_name_free(session, ctx: Context, kind: str, what: str, name: str) -> None:

@@ -5,10 +5,10 @@ from sqlalchemy import false
 
 from bedrock_local.jobs import queue
 from bedrock_local.jobs.artifacts import model_location
-from bedrock_local.service.common import (Pager, creation_time_filters, idempotent_replay, insert_unique,
-                                          make_arn, new_id, parse_arn, public, request_hash)
+from bedrock_local.service.common import (find_in_scope, Pager, creation_time_filters, idempotent_replay, insert_unique,
+                                          make_arn, new_id, public, request_hash)
 from bedrock_local.service.context import Context
-from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
+from bedrock_local.service.errors import ConflictException, ValidationException
 from bedrock_local.service.registry import operation
 from bedrock_local.storage import InvalidS3Uri, S3Location
 from bedrock_local.store import resources
@@ -27,17 +27,7 @@ def parse_s3_uri(uri: str, member: str) -> S3Location:
 
 
 def find_model(session, ctx: Context, identifier: str) -> Resource:
-    """A custom model of the caller's account and region, by ARN or name."""
-    if identifier.startswith("arn:"):
-        parts = parse_arn(identifier)
-        found = None
-        if parts and (parts["account"], parts["region"]) == (ctx.account, ctx.region):
-            found = resources.find(session, ctx.scope, KIND, arn=identifier)
-    else:
-        found = resources.find(session, ctx.scope, KIND, name=identifier)
-    if found is None:
-        raise ResourceNotFoundException(f"The custom model '{identifier}' does not exist.")
-    return found
+    return find_in_scope(session, ctx, KIND, "custom model", identifier)
 
 
 def describe(resource: Resource) -> dict:

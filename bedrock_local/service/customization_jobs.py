@@ -4,12 +4,12 @@ StopModelCustomizationJob. The training runs on a worker (jobs/customization.py)
 
 from bedrock_local.jobs import queue
 from bedrock_local.jobs.lifecycle import move
-from bedrock_local.service.common import (Pager, check_name_free, creation_time_filters, idempotent_replay, insert_unique,
-                                          make_arn, new_id, parse_arn, public, request_hash)
+from bedrock_local.service.common import (find_in_scope, Pager, check_name_free, creation_time_filters, idempotent_replay, insert_unique,
+                                          make_arn, new_id, public, request_hash)
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import KIND as MODEL_KIND
 from bedrock_local.service.custom_models import parse_s3_uri
-from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
+from bedrock_local.service.errors import ValidationException
 from bedrock_local.service.foundation_models import foundation_model_arn
 from bedrock_local.service.models import resolve_model_source
 from bedrock_local.service.registry import operation
@@ -31,16 +31,7 @@ def describe(resource: Resource) -> dict:
 
 
 def find_job(session, ctx: Context, identifier: str) -> Resource:
-    if identifier.startswith("arn:"):
-        parts = parse_arn(identifier)
-        found = None
-        if parts and (parts["account"], parts["region"]) == (ctx.account, ctx.region):
-            found = resources.find(session, ctx.scope, KIND, arn=identifier)
-    else:
-        found = resources.find(session, ctx.scope, KIND, name=identifier)
-    if found is None:
-        raise ResourceNotFoundException(f"The model customization job '{identifier}' does not exist.")
-    return found
+    return find_in_scope(session, ctx, KIND, "model customization job", identifier)
 
 
 def _effective_hyperparameters(values: dict, customization_type: str) -> dict:

@@ -142,7 +142,3 @@ class Pager:
 def public(body: dict) -> dict:
     """A stored body without its private (underscore) members."""
     return {k: v for k, v in body.items() if not k.startswith("_")}
-
-
-def parse_time(value: str | None) -> datetime.datetime | None:
-    return datetime.datetime.fromisoformat(value) if value else None

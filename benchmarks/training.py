@@ -35,6 +35,11 @@ end-to-end (b) Create -> Completed against (a) the whole child process (imports 
 Peak memory: (a) VmHWM of its process; (b) VmHWM of the server's worker process that ran the job,
 read before the server stops (the API process is shown apart).
 
+Checkpoints: (a) saves none; (b) checkpoints as every job does (spaced by their measured cost, at
+most ~5% of the training time; stored into the object store in a background thread). Their count
+and the training time they took (the Trainer's save + the hand-over to the uploader), and each one's
+background store time and size, come from the worker's log lines in the server log.
+
 Threads: `--threads 1` by default on both sides (OMP_NUM_THREADS for (a) and the server; the server
 gives each worker cores // workers threads, so it runs cores // threads workers, 2 on 2 cores, and
 the output prints how many threads of the job's worker computed). On this 2-core machine shared
@@ -43,11 +48,14 @@ with other sessions, 2 OpenMP threads collapse: (a) took 12.6 s a step with 2 th
 
 Rounds: `--rounds` (2) runs the sides in the order (a) (b), (b) (a), ... on the same server, so a
 drift of the machine's load falls on both; the table shows medians, each round's ratio is printed.
+`--together` runs (a) and (b) at the same time in each round instead: on a machine shared with
+other work whose load swings within minutes, both sides then see the same load.
 
     python -m benchmarks.training                       # 48 lines, 2 epochs, batch 8, LoRA rank 8, 2 rounds
     python -m benchmarks.training --lora-rank 0         # full fine-tuning (checkpoints of 1.5 GB)
     python -m benchmarks.training --threads 0           # torch's default threads (a quiet machine)
     python -m benchmarks.training --rounds 1 --lines 32 # one (a) and one (b): quicker, noisier
+    python -m benchmarks.training --lora-rank 0 --lines 256 --together   # 64 steps: checkpoints are due
 """
 
 from __future__ import annotations
@@ -58,6 +66,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -67,6 +76,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -272,6 +282,7 @@ def run_job(server: Server, bedrock, records: list[dict], hyper: dict[str, str],
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     server.bucket(OUTPUT_BUCKET)
     before = {p["pid"]: p["cpu_ticks"] for p in server.memory()["workers"]}
+    log_offset = server.log.stat().st_size if server.log.exists() else 0
 
     polls: list[dict] = []
     started = time.perf_counter()
@@ -310,7 +321,9 @@ def run_job(server: Server, bedrock, records: list[dict], hyper: dict[str, str],
     csv_file = (server.data_dir / "s3" / OUTPUT_BUCKET / name / f"model-customization-job-{job_id}" / "training_artifacts"
                 / "step_wise_training_metrics.csv")
     csv_steps = max(0, len(csv_file.read_text().strip().splitlines()) - 1) if csv_file.exists() else 0
+    checkpoints = checkpoint_report(server.log.read_bytes()[log_offset:].decode(errors="replace"))
     return {
+        **checkpoints,
         "seconds": seconds, "job_id": job_id, "polls": len(polls), "csv_steps": csv_steps,
         "validation_s": validation_end - created, "processing_s": processing_end - validation_end,
         "phase_s": training_end - processing_end,
@@ -323,6 +336,20 @@ def run_job(server: Server, bedrock, records: list[dict], hyper: dict[str, str],
         "worker_hwm": ran["hwm"], "worker_threads": ran["busy_threads"], "worker_pid": ran["pid"],
         "api_hwm": memory["api"]["hwm"], "final_loss": job.get("trainingMetrics", {}).get("trainingLoss"),
     }
+
+
+def checkpoint_report(log_text: str) -> dict:
+    """The job's checkpoints, from the worker's log lines (engine/training.py, jobs/customization.py):
+    each one's cost to the training (Trainer save + hand-over to the uploader), its background
+    store time and size, and the run's totals."""
+    costs = [(int(step), float(cost)) for step, cost in
+             re.findall(r"checkpoint-(\d+) took ([\d.]+) s of training", log_text)]
+    stored = {int(step): (float(seconds), int(mib)) for step, seconds, mib in
+              re.findall(r"checkpoint-(\d+) stored and recorded in ([\d.]+) s \(\d+ files, (\d+) MiB\)", log_text)}
+    total = re.search(r"(\d+) checkpoints took ([\d.]+) s of it \((\d+) stored, ([\d.]+) s in the background\)", log_text)
+    return {"checkpoints": costs, "stored": stored,
+            "checkpoint_s": float(total.group(2)) if total else sum(c for _, c in costs),
+            "checkpoint_background_s": float(total.group(4)) if total else None}
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds of both sides on the same server, in the order (a) (b), (b) (a), (a) (b), ...; "
                              "the table shows the median of each side, and each round's ratio is printed (default 2)")
+    parser.add_argument("--together", action="store_true",
+                        help="run (a) and (b) at the same time in each round instead of one after the other: on a "
+                             "machine whose load from other work drifts, both sides see the same load (each then "
+                             "shares the cores with the other as well)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch/OpenMP threads of both sides: OMP_NUM_THREADS for (a) and the server, whose "
                              "--workers is then cores // threads (the server gives each worker cores // workers "
@@ -390,15 +421,26 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bedrock = server.client()
             for index in range(args.rounds):
+                if args.together:  # both sides at once: whatever the machine's load does, both see it
+                    console.print(f"(a) and (b) together, round {index + 1} \\[load average {loadavg()}] ...")
+                    with ThreadPoolExecutor(1) as pool:
+                        baseline = pool.submit(run_baseline, model_dir, records, settings, work, index)
+                        jobs.append(run_job(server, bedrock, records, hyper, f"bench-train-{uuid.uuid4().hex[:8]}",
+                                            args.poll_seconds))
+                        baselines.append(baseline.result())
+                    console.print(f"    (a) train() {baselines[-1]['train_s']:.1f} s, process "
+                                  f"{baselines[-1]['process_s']:.1f} s; (b) Create -> Completed {jobs[-1]['seconds']:.1f} s")
+                    loads.append(f"(a+b) {loadavg()}")
+                    continue
                 # a b, b a, a b, ...: a drift in the machine's load over the run falls on both sides alike
                 for side in ("ab" if index % 2 == 0 else "ba"):
                     if side == "a":
-                        console.print(f"(a) plain TRL script, round {index + 1} [load average {loadavg()}] ...")
+                        console.print(f"(a) plain TRL script, round {index + 1} \\[load average {loadavg()}] ...")
                         baselines.append(run_baseline(model_dir, records, settings, work, index))
                         console.print(f"    train() {baselines[-1]['train_s']:.1f} s, "
                                       f"process {baselines[-1]['process_s']:.1f} s")
                     else:
-                        console.print(f"(b) CreateModelCustomizationJob, round {index + 1} [load average {loadavg()}] ...")
+                        console.print(f"(b) CreateModelCustomizationJob, round {index + 1} \\[load average {loadavg()}] ...")
                         jobs.append(run_job(server, bedrock, records, hyper, f"bench-train-{uuid.uuid4().hex[:8]}",
                                             args.poll_seconds))
                         console.print(f"    Create -> Completed {jobs[-1]['seconds']:.1f} s")
@@ -423,22 +465,23 @@ def main(argv: list[str] | None = None) -> int:
         table = Table(title=f"Training, SmolLM2-135M-Instruct, {mode}, {args.lines} lines x {args.epochs} epochs, "
                             f"batch {args.batch_size}, {steps} steps, CPU, {threads}{rounds}", title_justify="left")
         for column in ("mode", "steps", "training tokens", "training s", "tokens/s", "end-to-end s", "peak memory",
-                       "ratio (b)/(a)"):
+                       "checkpoints", "ratio (b)/(a)"):
             table.add_column(column, justify="left" if column == "mode" else "right")
         peak_a, peak_b = max(r["peak_rss"] for r in a), max(r["worker_hwm"] for r in b)
+        b_checkpoints = "/".join(f"{len(r['checkpoints'])} ({r['checkpoint_s']:.1f} s)" for r in b)
         table.add_row("(a) plain TRL, train() call (steps 1..N)", str(steps), f"{tokens:,}", f"{med(a, 'train_s'):.1f}",
-                      f"{a_train_tps:.1f}", f"{med(a, 'process_s'):.1f}", mib(peak_a), "")
+                      f"{a_train_tps:.1f}", f"{med(a, 'process_s'):.1f}", mib(peak_a), "none", "")
         table.add_row("(a) plain TRL, step 1 end -> step N end", str(a[0]["window_steps"]), f"{window_tokens:,.0f}",
-                      f"{a_window:.1f}", f"{a_tps:.1f}", "", mib(peak_a), "1.00")
+                      f"{a_window:.1f}", f"{a_tps:.1f}", "", mib(peak_a), "none", "1.00")
         table.add_row("(b) job, step 1 end -> step N end", str(b[0]["window_steps"]), f"{window_tokens:,.0f}",
                       f"{b_window:.1f}" if b_window else "-", f"{b_tps:.1f}" if b_tps else "-",
-                      f"{med(b, 'seconds'):.1f}", mib(peak_b),
+                      f"{med(b, 'seconds'):.1f}", mib(peak_b), b_checkpoints,
                       f"[bold]{b_tps / a_tps:.2f}[/bold]" if b_tps else "-")
         table.add_row("(a) load + build + train() + merge + save", str(steps), f"{tokens:,}", f"{med(a, 'phase_s'):.1f}",
-                      f"{a_phase_tps:.1f}", f"{med(a, 'process_s'):.1f}", mib(peak_a), "1.00")
+                      f"{a_phase_tps:.1f}", f"{med(a, 'process_s'):.1f}", mib(peak_a), "none", "1.00")
         table.add_row("(b) trainingDetails InProgress -> Completed", str(b[0]["csv_steps"]), f"{tokens:,}",
                       f"{med(b, 'phase_s'):.1f}", f"{b_phase_tps:.1f}", f"{med(b, 'seconds'):.1f}", mib(peak_b),
-                      f"{b_phase_tps / a_phase_tps:.2f}")
+                      b_checkpoints, f"{b_phase_tps / a_phase_tps:.2f}")
         console.print()
         console.print(table)
 
@@ -448,8 +491,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"whole training phase: {b_phase_tps / a_phase_tps:.2f}" if ratio else "ratio: -")
         for i, (ra, rb) in enumerate(zip(a, b)):
             round_ratio = (ra["window_s"] / rb["window_s"]) if rb["window_s"] else None
+            without = (f"; without the training time of its checkpoints (b) would be at "
+                       f"{ra['window_s'] / (rb['window_s'] - rb['checkpoint_s']):.2f}"
+                       if rb["window_s"] and rb["checkpoints"] else "")
             console.print(f"round {i + 1}: ratio (b)/(a) over steps 2..N "
-                          + (f"{round_ratio:.2f}" if round_ratio else "-"))
+                          + (f"{round_ratio:.2f}" if round_ratio else "-") + without)
             console.print(f"  (a) imports {ra['imports_s']:.1f} s, load {ra['load_s']:.1f} s, SFTTrainer build "
                           f"{ra['build_s']:.1f} s, train() {ra['train_s']:.1f} s (begin -> step 1 end "
                           f"{ra['first_step_s']:.1f} s, steps 2..N {ra['window_s']:.1f} s = "
@@ -469,6 +515,15 @@ def main(argv: list[str] | None = None) -> int:
             losses = [x for x in rb["losses"] if x is not None]
             console.print("      step ends since phase start: " + " ".join(f"{t:.1f}" for t in rb["step_times"])
                           + (f"; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else ""))
+            if rb["checkpoints"]:
+                share = f" = {rb['checkpoint_s'] / rb['window_s']:.1%} of steps 2..N" if rb["window_s"] else ""
+                console.print(f"      checkpoints: {rb['checkpoint_s']:.2f} s of training in all{share}; " + ", ".join(
+                    f"step {step} {cost:.2f} s (stored in the background in "
+                    + (f"{rb['stored'][step][0]:.2f} s, {rb['stored'][step][1]} MiB)" if step in rb["stored"]
+                       else "-: replaced or dropped)") for step, cost in rb["checkpoints"]))
+            else:
+                console.print("      checkpoints: none (not due: the run was shorter than 19 x a checkpoint's "
+                              "estimated cost)")
             if rb["window_steps"] + 1 != ra["steps"] or rb["csv_steps"] != ra["steps"]:
                 console.print(f"  [bold]note[/bold]: the polls saw {rb['window_steps'] + 1} step updates, the job's "
                               f"CSV has {rb['csv_steps']} steps, (a) ran {ra['steps']} (a step shorter than the poll "

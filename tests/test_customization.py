@@ -15,8 +15,10 @@ import datetime
 import json
 import math
 import re
+import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -172,9 +174,14 @@ def batch_answer(client, arn: str, out: Path) -> str:
     return line["modelOutput"]["output"]["message"]["content"][0]["text"]
 
 
+def checkpoint_root(server: Server, arn: str) -> Path:
+    """Where the job's checkpoints are in the model bucket while it runs."""
+    return server.data_dir / "s3" / MODEL_BUCKET / ACCOUNT / REGION / "customization-jobs" / job_id(arn) / "checkpoint"
+
+
 def checkpoint_files(server: Server, arn: str) -> dict[str, tuple[int, int]]:
     """The job's checkpoint objects in the model bucket: relative path -> (size, mtime_ns)."""
-    root = server.data_dir / "s3" / MODEL_BUCKET / ACCOUNT / REGION / "customization-jobs" / job_id(arn) / "checkpoint"
+    root = checkpoint_root(server, arn)
     if not root.is_dir():
         return {}
     return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
@@ -388,6 +395,53 @@ def test_conflicts_and_idempotency(idle, tiny_model_dir):
     assert client.get_custom_model(modelIdentifier=model_arn)["modelStatus"] == "Creating"
 
 
+def test_a_custom_model_name_is_held_by_a_job_until_it_ends(idle):
+    client = idle.client()
+    uri = put_data(idle, {"train.jsonl": fact_lines()[:2]})
+    name, first_job = unique("held"), unique("holder")
+    first = create_job(client, uri, name=first_job, model_name=name)  # InProgress: nothing trains here
+    with pytest.raises(ClientError) as excinfo:
+        create_job(client, uri, model_name=name)
+    assert error_code(excinfo) == "ConflictException"
+    assert name in str(excinfo.value) and first_job in str(excinfo.value)
+    assert client.list_custom_models(nameContains=name)["modelSummaries"] == []  # no model has it yet
+    # the name is held in its account and region only
+    assert create_job(idle.client(region="us-west-2"), uri, model_name=name)
+    # a Stopped job frees it, and the next job holds it in turn
+    client.stop_model_customization_job(jobIdentifier=first)
+    assert get(client, first)["status"] == "Stopped"
+    second = create_job(client, uri, model_name=name)
+    with pytest.raises(ClientError) as excinfo:
+        create_job(client, uri, model_name=name)
+    assert error_code(excinfo) == "ConflictException" and job_id(second) != job_id(first)
+    # a retry of the holder's own request (same clientRequestToken) is not a conflict
+    token = "tok-" + uuid.uuid4().hex
+    other = unique("retried")
+    arn = create_job(client, uri, name=other, model_name=other + "-model", clientRequestToken=token)
+    assert create_job(client, uri, name=other, model_name=other + "-model", clientRequestToken=token) == arn
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_creates_with_one_custom_model_name_accept_one(make_server, request, backend):
+    database_url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+    server = make_server(unique("names"), workers=0, database_url=database_url)
+    server.folder(OUT)
+    uri = put_data(server, {"train.jsonl": fact_lines()[:2]})
+    name = unique("race")
+    clients = [server.client() for _ in range(6)]
+
+    def attempt(client) -> str:
+        try:
+            return create_job(client, uri, model_name=name)
+        except ClientError as exc:
+            return exc.response["Error"]["Code"]
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        outcomes = list(pool.map(attempt, clients))
+    accepted = [o for o in outcomes if o.startswith("arn:")]
+    assert len(accepted) == 1 and sorted(set(outcomes) - set(accepted)) == ["ConflictException"], outcomes
+
+
 # ------------------------------------------------------------------------------------------
 # listing (the idle server: statuses stay put)
 
@@ -548,6 +602,7 @@ def test_fine_tuning_learns_a_made_up_fact(trainer, fact_done):
     assert (stored / "config.json").is_file() and (stored / "model.safetensors").stat().st_size > 100_000_000
     assert not list(stored.glob("adapter_*"))
     assert not (SHARED_CACHE / "customization" / job_id(arn)).exists()  # the local work folder is gone
+    assert checkpoint_files(trainer, arn) == {}  # and so are its checkpoints in the object store
 
     # the proof: a Converse batch job on the trained model answers the fact; on the base model it does not
     trained_job = converse_answer(trainer, client, model_arn)
@@ -633,6 +688,9 @@ def test_bad_data_and_bases_fail_with_actionable_messages(trainer, fact_done):
         assert error_code(excinfo) == "ValidationException" and "Failed" in str(excinfo.value)
     failed = client.list_model_customization_jobs(statusEquals="Failed", maxResults=100)
     assert {s["jobArn"] for s in failed["modelCustomizationJobSummaries"]} >= {arn for arn, _ in cases.values()}
+    # a Failed job frees its custom model name
+    again = create_job(client, bad_line, model_name=get(client, cases["bad-line"][0])["outputModelName"])
+    assert wait_final(client, again, timeout=120)["status"] == "Failed"
 
 
 def test_a_missing_output_bucket_fails_before_training(trainer, fact_done):
@@ -719,6 +777,7 @@ def test_stop_mid_training(trainer, fact_done):
         client.get_custom_model(modelIdentifier=job["outputModelName"])
     assert error_code(excinfo) == "ResourceNotFoundException"
     assert not (SHARED_CACHE / "customization" / job_id(arn)).exists()  # its local checkpoints went too
+    assert checkpoint_files(trainer, arn) == {}  # and those in the object store
     rows = read_csv(output_root(trainer, arn) / TRAINING_CSV, METRIC_COLUMNS)
     assert 1 <= len(rows) < 48 and [r["step_number"] for r in rows] == list(range(1, len(rows) + 1))
     with pytest.raises(ClientError) as excinfo:
@@ -729,41 +788,88 @@ def test_stop_mid_training(trainer, fact_done):
         "modelCustomizationJobSummaries"][0]["jobArn"] == arn
 
 
+def steps_seen(rows: list[dict], job: dict) -> int:
+    """How many steps had ended when `job` was read: its trainingLoss is that of the last one (the
+    latest such step in `rows`, to be safe); 0 before the first."""
+    if "trainingMetrics" not in job:
+        return 0
+    loss = job["trainingMetrics"]["trainingLoss"]
+    matches = [r["step_number"] for r in rows if r["training_loss"] == pytest.approx(loss, rel=1e-6)]
+    assert matches, (loss, rows)
+    return max(matches)
+
+
+def test_a_stop_ends_the_job_at_the_next_step_not_at_the_next_heartbeat(make_server):
+    # A long lease: the worker's heartbeat (which also brings Stop requests) comes every 6 s, a dozen
+    # steps of this job. The training itself looks at the job at every step end and before step 1.
+    server = make_server(unique("stop"), lease_seconds=30)
+    client = server.client()
+    server.folder(OUT)
+    uri = put_data(server, {"train.jsonl": fact_lines()[:16]})
+    hyper = {**SMALL_LORA, "epochCount": "3", "batchSize": "1"}  # 48 steps
+    # a Stop as training begins (the model loads), and one mid-training
+    for when in ("begin", "mid"):
+        arn = create_job(client, uri, hyper=hyper)
+        if when == "begin":
+            wait_for(client, arn, lambda j: phases(j)["trainingDetails"] == "InProgress", "training to begin")
+        else:
+            first = wait_for(client, arn, lambda j: "trainingMetrics" in j, "the first step")
+            wait_for(client, arn, lambda j: j.get("trainingMetrics") != first.get("trainingMetrics"), "another step")
+        client.stop_model_customization_job(jobIdentifier=arn)
+        stopping = get(client, arn)
+        job = wait_final(client, arn, timeout=120)
+        assert stopping["status"] in ("Stopping", "Stopped") and job["status"] == "Stopped", (when, job)
+        rows = read_csv(output_root(server, arn) / TRAINING_CSV, METRIC_COLUMNS)
+        assert [r["step_number"] for r in rows] == list(range(1, len(rows) + 1))
+        # the step in progress when the Stop came in ends, and at most one more (a Stop that came in
+        # while that step's end was being written)
+        assert len(rows) <= steps_seen(rows, stopping) + 2, (when, len(rows), steps_seen(rows, stopping))
+        assert phases(job)["trainingDetails"] == "Stopped" and "outputModelArn" not in job
+        assert checkpoint_files(server, arn) == {}
+
+
+@pytest.mark.timeout(1800)  # 24 real training steps twice interrupted; a busy 2-core machine takes minutes
 def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(make_server):
     server = make_server(unique("crash"), lease_seconds=2)
     client = server.client()
     server.folder(OUT)
-    uri = put_data(server, {"train.jsonl": fact_lines()[:4]})
-    # 4 lines, batch 2, 2 epochs: 4 steps, a checkpoint after each but the last (steps 1, 2, 3)
-    arn = create_job(client, uri, hyper={**SMALL_LORA, "epochCount": "2", "batchSize": "2"})
+    uri = put_data(server, {"train.jsonl": fact_lines()[:16]})
+    # 16 lines, batch 2, 3 epochs: 24 steps. Checkpoints are spaced by their cost (at most ~5% of the
+    # training time): the first one of this small LoRA comes after some seconds of training.
+    arn = create_job(client, uri, hyper={**SMALL_LORA, "epochCount": "3", "batchSize": "2"})
     csv_path = output_root(server, arn) / TRAINING_CSV
-    # the CSV is first written right after the first checkpoint is copied to the object store and recorded
-    wait_until(lambda: csv_path.exists() or get(client, arn)["status"] in FINAL, timeout=240, interval=0.05,
-               what="the first checkpoint")
+    # a checkpoint seen in the object store while the job still runs; the CSV is written once a
+    # checkpoint is complete there (its manifest is its last object) and recorded on the job
+    manifests = checkpoint_root(server, arn)
+    wait_until(lambda: csv_path.exists() or get(client, arn)["status"] in FINAL, timeout=600, interval=0.05,
+               what="a stored checkpoint")
+    assert get(client, arn)["status"] == "InProgress"  # it was still training
     server.kill()
-    killed_at = time.time_ns()
+    stored = {json.loads(path.read_text())["step"]: path.parent.name for path in manifests.glob("*/manifest.json")}
+    assert stored and all(name == f"checkpoint-{step}" and 1 <= step < 24 for step, name in stored.items()), stored
     before = read_csv(csv_path, METRIC_COLUMNS)
-    kept = checkpoint_files(server, arn)
-    recorded = len(before)
-    assert recorded in (1, 2, 3), before
-    assert f"checkpoint-{recorded}/trainer_state.json" in kept, sorted(kept)
+    assert 1 <= len(before) <= max(stored), (before, stored)
+    # the worker that takes the job back may be on another machine: nothing local is left to it
+    shutil.rmtree(SHARED_CACHE / "customization" / job_id(arn))
+    log_size = server.log.stat().st_size
     assert get(server.start().client(), arn)["status"] == "InProgress"
 
-    job = wait_final(client, arn, timeout=300)
+    job = wait_final(client, arn, timeout=1000)
     assert job["status"] == "Completed", job.get("failureMessage")
     assert phases(job) == dict.fromkeys(PHASES, "Completed")
     rows = read_csv(csv_path, METRIC_COLUMNS)
-    check_step_rows(rows, steps=4, epochs=2)  # every step once: no step was lost or done twice
-    assert rows[:recorded] == before  # the steps before the checkpoint were kept, not redone
-    after = checkpoint_files(server, arn)
-    # it resumed from the checkpoint: the checkpoints made before the crash were not made again,
-    # and the later ones were made after the restart
-    step_of = lambda name: int(name.split("/")[0].split("-")[1])
-    for name, stat in kept.items():
-        if step_of(name) <= recorded:
-            assert after[name] == stat, name
-    later = {name for name in after if step_of(name) > recorded}
-    assert {name.split("/")[0] for name in later} == {f"checkpoint-{step}" for step in (1, 2, 3) if step > recorded}
-    assert all(after[name][1] > killed_at for name in later)
+    check_step_rows(rows, steps=24, epochs=3)  # every step once: no step was lost or done twice
+    assert rows[:len(before)] == before  # the steps before the checkpoint were kept
+    # the restarted worker resumed from the checkpoint in the object store (the one seen, or a later
+    # one recorded before the kill), and its trainer began there, not at step 1
+    after_restart = server.log.read_bytes()[log_size:].decode(errors="replace")
+    resumed = re.search(rf"job \d+: resuming from checkpoint-(\d+) \(step (\d+)\)", after_restart)
+    assert resumed, after_restart[-3000:]
+    step = int(resumed.group(1))
+    assert int(resumed.group(2)) == step and step in stored and len(before) <= step
+    assert re.search(rf"trained after 24 steps in [\d.]+ s, resumed from checkpoint-{step};", after_restart)
     assert job["trainingMetrics"]["trainingLoss"] == pytest.approx(rows[-1]["training_loss"], rel=1e-5)
     assert client.get_custom_model(modelIdentifier=job["outputModelArn"])["modelStatus"] == "Active"
+    # the job ended: its checkpoints are gone from the object store and from the worker's disk
+    assert checkpoint_files(server, arn) == {}
+    assert not (SHARED_CACHE / "customization" / job_id(arn)).exists()

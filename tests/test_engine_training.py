@@ -1,6 +1,7 @@
 """engine/training.py: hyper-parameters, training data, and real SFTTrainer runs on a tiny random
 Llama (fast) and on the packaged SmolLM2 (marked real_weights)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bedrock_local.engine.loading import check_hf_model_folder, load_causal_lm
 from bedrock_local.engine.training import (
     HYPERPARAMETERS,
+    CheckpointClock,
     DataError,
     HyperParameterError,
     StepMetrics,
@@ -248,9 +250,9 @@ class Recorder:
         assert (path / "trainer_state.json").is_file()  # complete when announced
         self.checkpoints.append(path)
 
-    def run(self, base, records, config, tmp: Path, validation=None, name="out"):
+    def run(self, base, records, config, tmp: Path, validation=None, name="out", **options):
         return train(base, records, validation, config, tmp / name, tmp / "checkpoints", on_step=self.on_step,
-                     should_stop=self.should_stop, on_checkpoint=self.on_checkpoint)
+                     should_stop=self.should_stop, on_checkpoint=self.on_checkpoint, **options)
 
 
 def saved_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -261,8 +263,8 @@ def saved_tensors(folder: Path) -> dict[str, torch.Tensor]:
 def test_fine_tuning_reports_every_step_learns_and_saves_a_loadable_model(tiny_model_dir, tmp_path):
     recorder = Recorder()
     validation = [{"prompt": "fact 3:", "completion": " the answer to 3 is blue"}]
-    result = recorder.run(tiny_model_dir, FACTS, tiny_config(epochCount=4, batchSize=2), tmp_path,
-                          validation=validation)
+    config = dataclasses.replace(tiny_config(epochCount=4, batchSize=2), checkpoint_steps=2)
+    result = recorder.run(tiny_model_dir, FACTS, config, tmp_path, validation=validation)
 
     assert not result.stopped
     assert result.steps == 16  # 8 records / batch 2 = 4 steps per epoch, 4 epochs
@@ -281,8 +283,9 @@ def test_fine_tuning_reports_every_step_learns_and_saves_a_loadable_model(tiny_m
     assert result.validation_metrics[-1]["validation_loss"] < result.validation_metrics[0]["validation_loss"]
     assert all(m["perplexity"] == pytest.approx(math.exp(m["validation_loss"])) for m in result.validation_metrics)
 
-    # checkpoints every steps_per_epoch // 2 = 2 steps, the last 2 kept, none after the last step
+    # checkpoints every checkpoint_steps = 2 steps, the last 2 kept, none after the last step
     assert [p.name for p in recorder.checkpoints] == [f"checkpoint-{n}" for n in range(2, 16, 2)]
+    assert result.checkpoints == recorder.checkpoints and result.checkpoint_seconds > 0
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-14"]
 
     out = tmp_path / "out"
@@ -350,6 +353,69 @@ def test_stop_leaves_a_checkpoint_and_a_second_call_resumes_to_the_same_end(tiny
     assert second.train_tokens == expected.train_tokens and 0 < second.run_tokens < second.train_tokens
     check_hf_model_folder(tmp_path / "out", load=True)
     assert set(saved_tensors(tmp_path / "out")) == set(saved_tensors(tiny_model_dir))
+
+
+def test_checkpoint_clock_spaces_checkpoints_by_their_cost():
+    now = [100.0]
+    clock = CheckpointClock(0.05, clock=lambda: now[0])  # 5%: a checkpoint is due 19 x its cost after the last
+    assert clock.factor == pytest.approx(19)
+    model = torch.nn.Linear(1000, 1000)  # 1,001,000 float32 parameters, all trainable
+    clock.begin(model)
+    expected = 0.25 + 3 * 4_004_000 / 200e6  # weights + AdamW's two moments, at the assumed write rate
+    assert clock.estimate == pytest.approx(expected)
+    now[0] += 19 * expected - 0.01
+    assert not clock.due()
+    now[0] += 0.02
+    assert clock.due()
+    clock.touch()  # the save begins
+    now[0] += 2.0  # ... and takes 2 s
+    assert clock.saved() == pytest.approx(2.0) and clock.count == 1
+    now[0] += 37.9
+    assert not clock.due()  # 38 s of training after a 2 s checkpoint: 5%
+    now[0] += 0.2
+    assert clock.due()
+    clock.touch()
+    now[0] += 0.1  # a cheaper one: the next comes sooner
+    clock.saved()
+    now[0] += 1.95
+    assert clock.due() and clock.seconds == pytest.approx(2.1)
+    # a PEFT model checkpoints its adapters only
+    frozen = torch.nn.Linear(1000, 1000).requires_grad_(False)
+    frozen.peft_config = {}
+    clock.begin(frozen)
+    assert clock.estimate == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        CheckpointClock(0)
+
+
+def test_checkpoints_follow_the_budget_when_no_steps_are_fixed(tiny_model_dir, tmp_path):
+    # a budget of ~100%: a checkpoint after every step but the last
+    eager = Recorder()
+    config = dataclasses.replace(tiny_config(epochCount=2), checkpoint_budget=0.999)  # 4 steps
+    result = eager.run(tiny_model_dir, FACTS, config, tmp_path / "eager")
+    assert [p.name for p in eager.checkpoints] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert result.checkpoints == eager.checkpoints and result.checkpoint_seconds > 0
+    # a budget of 0.1%: the first checkpoint would be due after ~250 s of training; this run has none
+    frugal = Recorder()
+    config = dataclasses.replace(tiny_config(epochCount=2), checkpoint_budget=0.001)
+    result = frugal.run(tiny_model_dir, FACTS, config, tmp_path / "frugal")
+    assert result.steps == 4 and not frugal.checkpoints and not result.checkpoints
+    assert result.checkpoint_seconds == 0
+    assert not list((tmp_path / "frugal" / "checkpoints").glob("checkpoint-*"))
+
+
+def test_a_stop_without_save_on_stop_ends_at_once(tiny_model_dir, tmp_path):
+    config = dataclasses.replace(tiny_config(epochCount=3), checkpoint_budget=0.001)  # 6 steps, no checkpoint due
+    stopped = Recorder(stop_after=2)
+    result = stopped.run(tiny_model_dir, FACTS, config, tmp_path, save_on_stop=False)
+    assert result.stopped and result.steps == 2 and [m.step for m in stopped.steps] == [1, 2]
+    assert not stopped.checkpoints and not list((tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert not (tmp_path / "out").exists()
+    # a Stop asked before the first step: no step at all
+    early = Recorder(stop_after=0)
+    result = early.run(tiny_model_dir, FACTS, config, tmp_path / "early")
+    assert result.stopped and result.steps == 0 and not early.steps and not early.checkpoints
+    assert result.training_loss is None and not (tmp_path / "early" / "out").exists()
 
 
 def test_a_half_written_checkpoint_is_ignored(tiny_model_dir, tmp_path):

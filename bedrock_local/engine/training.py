@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import shutil
@@ -36,8 +37,17 @@ from .training_data import (CONTINUED_PRE_TRAINING, CONVERSATION_SCHEMA, CUSTOMI
                             FINE_TUNING, HYPERPARAMETERS, DataError, HyperParameterError, TrainingConfig,
                             parse_hyperparameters, read_records)
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_PREFIX = "checkpoint-"  # transformers' PREFIX_CHECKPOINT_DIR
 CHECKPOINTS_KEPT = 2
+# Before the first checkpoint of a run has been timed, its cost is guessed from the bytes it will hold
+# (weights saved + AdamW's two moments) at this write rate, plus a fixed part (tokenizer, RNG and
+# scheduler state, trainer_state.json). Measured on the 2-core CPU host: a full fine-tuning
+# checkpoint of SmolLM2-135M (1.5 GiB) took 2.6 s to save, ~600 MB/s into the page cache; the
+# guess is deliberately slower (a busy disk, an fsync), so a short run is not checkpointed early.
+ASSUMED_SAVE_BYTES_PER_SECOND = 200e6
+ASSUMED_SAVE_FIXED_SECONDS = 0.25
 
 # --------------------------------------------------------------------------------------------
 # Training
@@ -53,7 +63,7 @@ class StepMetrics:
 
 @dataclass
 class TrainingResult:
-    stopped: bool  # should_stop() ended it (a checkpoint was saved; no model)
+    stopped: bool  # should_stop() ended it (no model; a checkpoint of that step with save_on_stop)
     steps: int  # optimizer steps done in all (including those before a resume)
     training_loss: float | None  # loss of the last step
     validation_loss: float | None  # at the end, on the validation records (None without them)
@@ -63,6 +73,65 @@ class TrainingResult:
     run_tokens: int = 0  # of those, the ones this call trained on (for throughput)
     run_seconds: float = 0.0  # wall time of this call's training loop
     resumed_from: Path | None = None  # the checkpoint this call resumed from
+    checkpoints: list[Path] = field(default_factory=list)  # those this call saved, in order
+    checkpoint_seconds: float = 0.0  # training time they took: Trainer saves + on_checkpoint calls
+
+
+class _StoppedBeforeTraining(Exception):
+    """should_stop() answered True before the first step: end without a step or a checkpoint."""
+
+
+class CheckpointClock:
+    """When to checkpoint so that checkpoints take at most `budget` of the training time.
+
+    A checkpoint costs the Trainer's save plus the on_checkpoint call (the training waits for
+    both); the next one is due once the time since the last one ended (or since training began) is
+    at least (1 - budget) / budget times that cost: with the default 5%, 19 x. The cost is the last
+    one measured; before any, a guess from the bytes the checkpoint will hold. So a short run may
+    end with no checkpoint at all, and a crash loses at most ~19 x a checkpoint's cost of training."""
+
+    def __init__(self, budget: float, clock: Callable[[], float] | None = None):
+        if not 0 < budget < 1:
+            raise ValueError(f"the checkpoint budget must be between 0 and 1, got {budget}")
+        self.factor = (1 - budget) / budget
+        self.clock = clock or time.monotonic
+        self.cost: float | None = None  # of the last checkpoint, measured
+        self.estimate = ASSUMED_SAVE_FIXED_SECONDS
+        self.last_end = self.clock()
+        self.mark = self.last_end  # the last moment the Trainer was ours before a save began
+        self.count = 0
+        self.seconds = 0.0
+
+    def begin(self, model) -> None:
+        """Training begins: estimate the first checkpoint's cost from `model`'s parameters."""
+        saved, trainable, seen = 0, 0, set()
+        for parameter in model.parameters() if model is not None else []:
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            size = parameter.numel() * parameter.element_size()
+            trainable += size if parameter.requires_grad else 0
+            saved += size
+        if hasattr(model, "peft_config"):  # a PEFT checkpoint holds the adapters only
+            saved = trainable
+        self.estimate = ASSUMED_SAVE_FIXED_SECONDS + (saved + 2 * trainable) / ASSUMED_SAVE_BYTES_PER_SECOND
+        self.last_end = self.mark = self.clock()
+
+    def due(self) -> bool:
+        cost = self.cost if self.cost is not None else self.estimate
+        return self.clock() - self.last_end >= self.factor * cost
+
+    def touch(self) -> None:
+        self.mark = self.clock()
+
+    def saved(self) -> float:
+        """A checkpoint (save and on_checkpoint) just ended: answers its cost."""
+        now = self.clock()
+        self.cost = now - self.mark
+        self.count += 1
+        self.seconds += self.cost
+        self.last_end = self.mark = now
+        return self.cost
 
 
 def _perplexity(loss: float) -> float:
@@ -107,19 +176,29 @@ def _device() -> tuple[bool, bool]:
     return cuda, cuda and torch.cuda.is_bf16_supported()
 
 
-def _callbacks(on_step, should_stop, on_checkpoint, checkpoint_dir: Path, flags: dict):
+def _callbacks(on_step, should_stop, on_checkpoint, checkpoint_dir: Path, flags: dict, clock: CheckpointClock,
+               spaced: bool, save_on_stop: bool):
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            clock.begin(model)
+            if should_stop():  # asked during the load and build: no step, no checkpoint
+                raise _StoppedBeforeTraining()
+
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step >= state.max_steps:
                 # The last step: the model itself is saved next; a checkpoint would only cost time and disk.
                 control.should_save = False
+            elif spaced:
+                control.should_save = clock.due()
+            clock.touch()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             # Called after on_step_end and before the Trainer evaluates and saves, so a Stop asked for
-            # here still gets this step's checkpoint.
+            # here can still get (or skip) this step's checkpoint.
             if not logs or "loss" not in logs or state.global_step <= flags["last_reported"]:
+                clock.touch()
                 return
             flags["last_reported"] = state.global_step
             loss = float(logs["loss"])
@@ -128,7 +207,12 @@ def _callbacks(on_step, should_stop, on_checkpoint, checkpoint_dir: Path, flags:
             if should_stop():
                 flags["stopped"] = True
                 control.should_training_stop = True
-                control.should_save = True  # a Stop keeps its progress: the next call resumes from here
+                # save_on_stop: the next call resumes from here; without it, the Stop ends at once
+                control.should_save = save_on_stop
+            clock.touch()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            clock.touch()
 
         def on_epoch_end(self, args, state, control, **kwargs):
             if flags["stopped"]:  # the Trainer ends the epoch when it stops: no validation for a Stop
@@ -136,8 +220,13 @@ def _callbacks(on_step, should_stop, on_checkpoint, checkpoint_dir: Path, flags:
 
         def on_save(self, args, state, control, **kwargs):
             path = checkpoint_dir / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            if on_checkpoint is not None and path.is_dir():
-                on_checkpoint(path)
+            if path.is_dir():
+                flags["checkpoints"].append(path)
+                if on_checkpoint is not None:
+                    on_checkpoint(path)
+            cost = clock.saved()
+            log.info("%s%s took %.2f s of training (save + on_checkpoint)%s", CHECKPOINT_PREFIX, state.global_step,
+                     cost, f"; the next is due after {clock.factor * cost:.1f} s more" if spaced else "")
 
     return [Progress()]
 
@@ -224,7 +313,6 @@ def build_trainer(model, tokenizer, train_records: list[dict], validation_record
             raise ValueError("the tokenizer has no end-of-sequence token")
 
     use_cuda, bf16 = _device()
-    steps_per_epoch = math.ceil(len(train_records) / config.batch_size)
     validate = bool(validation_records)
     args = SFTConfig(
         output_dir=str(checkpoint_dir),
@@ -240,8 +328,9 @@ def build_trainer(model, tokenizer, train_records: list[dict], validation_record
         data_seed=config.seed,
         logging_strategy="steps",
         logging_steps=1,
-        save_strategy="steps",
-        save_steps=config.checkpoint_steps or max(1, steps_per_epoch // 2),
+        # Fixed steps when config.checkpoint_steps says so; otherwise train()'s CheckpointClock decides.
+        save_strategy="steps" if config.checkpoint_steps else "no",
+        save_steps=config.checkpoint_steps or 500,
         save_total_limit=CHECKPOINTS_KEPT,
         eval_strategy="epoch" if validate else "no",
         prediction_loss_only=True,
@@ -282,17 +371,21 @@ def train(
     on_step: Callable[[StepMetrics], None],
     should_stop: Callable[[], bool],
     on_checkpoint: Callable[[Path], None] | None = None,
+    save_on_stop: bool = True,
 ) -> TrainingResult:
     """Train `base_model` (an HF folder) on `train_records` (rows from read_records) with TRL's
     SFTTrainer; full fine-tuning, or LoRA (PEFT) merged at the end when config.lora_rank > 0.
     Float32 weights; bf16 mixed precision on CUDA when the GPU has it.
 
-    Trainer checkpoints go to `checkpoint_dir` (every config.checkpoint_steps, by default
-    max(1, steps_per_epoch // 2), the last 2 kept, none after the last step; `on_checkpoint(path)`
-    after each). When `checkpoint_dir` already holds a complete checkpoint, training resumes from
+    Trainer checkpoints go to `checkpoint_dir`, the last 2 kept, none after the last step, and
+    `on_checkpoint(path)` is called after each (the training waits for it): every
+    config.checkpoint_steps steps when it is set, otherwise spaced by their measured cost so that
+    they take at most config.checkpoint_budget of the training time (CheckpointClock; a short run
+    may have none). When `checkpoint_dir` already holds a complete checkpoint, training resumes from
     the latest one and ends at the same total step count as an uninterrupted run. `on_step` gets
-    every optimizer step's loss; `should_stop` is asked right after it, and when it answers True
-    that step's checkpoint is saved and TrainingResult(stopped=True) comes back without a model.
+    every optimizer step's loss; `should_stop` is asked right after it (and once before the first
+    step), and when it answers True, TrainingResult(stopped=True) comes back without a model, after
+    saving that step's checkpoint when `save_on_stop` (a later call resumes from it).
     Otherwise the model (eval mode, KV cache on) is saved with its tokenizer and chat template
     into `output_dir`, as float32 safetensors."""
     base_model, output_dir, checkpoint_dir = Path(base_model), Path(output_dir), Path(checkpoint_dir)
@@ -301,7 +394,7 @@ def train(
     # A previous call's Stop or crash left a checkpoint: resume from it.
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     resume = _latest_checkpoint(checkpoint_dir)
-    flags = {"stopped": False, "last_reported": 0}
+    flags = {"stopped": False, "last_reported": 0, "checkpoints": []}
     tokens_before = 0
     if resume is not None:
         state = json.loads((resume / "trainer_state.json").read_text(encoding="utf-8"))
@@ -309,10 +402,17 @@ def train(
         tokens_before = int(state.get("num_input_tokens_seen", 0) or 0)
 
     model, tokenizer = load_causal_lm(base_model, dtype=torch.float32, device="cpu")
+    clock = CheckpointClock(config.checkpoint_budget)
+    callbacks = _callbacks(on_step, should_stop, on_checkpoint, checkpoint_dir, flags, clock,
+                           spaced=not config.checkpoint_steps, save_on_stop=save_on_stop)
     trainer = build_trainer(model, tokenizer, train_records, validation_records, config, checkpoint_dir,
-                            callbacks=_callbacks(on_step, should_stop, on_checkpoint, checkpoint_dir, flags))
+                            callbacks=callbacks)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    except _StoppedBeforeTraining:
+        return TrainingResult(stopped=True, steps=flags["last_reported"], training_loss=None, validation_loss=None,
+                              train_tokens=tokens_before, resumed_from=resume)
     seconds = time.perf_counter() - started
 
     history = trainer.state.log_history  # restored from the checkpoint on resume: the whole run
@@ -328,6 +428,8 @@ def train(
         run_tokens=total_tokens - tokens_before,
         run_seconds=seconds,
         resumed_from=resume,
+        checkpoints=list(flags["checkpoints"]),
+        checkpoint_seconds=clock.seconds,
     )
     trained = trainer.model
     del trainer, model

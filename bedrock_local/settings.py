@@ -12,6 +12,7 @@ class Settings:
     database_url: str | None = None        # default: sqlite file in the data dir
     s3_endpoint_url: str | None = None     # default: the embedded folder store
     workers: int = 1
+    serving_workers: int = 0               # serving processes `serve` started beside this API
     credentials_file: Path | None = None
     model_bucket: str = "bedrock-local-models"
     lease_seconds: float = 30.0
@@ -20,6 +21,7 @@ class Settings:
     default_region: str = "us-east-1"
     s3_options: dict = field(default_factory=dict)
     cache_root: Path | None = None         # default: <data-dir>/cache
+    model_aliases: Path | None = None      # JSON file of AWS model ids -> packaged models (engine/aliases.py)
     # batch inference quotas (AWS: 50,000 records per job and per file; AWS also asks for at least 100)
     batch_min_records: int = 1
     batch_max_records: int = 50_000

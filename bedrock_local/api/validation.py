@@ -73,6 +73,9 @@ class ServerParamValidator(ParamValidator):
             if not isinstance(params, expected) or numeric_bool:
                 errors.report(name, "invalid type", param=params, expected=_TYPE_NAMES.get(kind, kind))
                 return
+        if kind == "string" and "jsonvalue" not in shape.serialization:
+            self._validate_string(params, shape, errors, name)  # type checked above: skip botocore's dispatch
+            return
         super()._validate(params, shape, errors, name)
 
     @staticmethod

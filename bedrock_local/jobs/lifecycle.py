@@ -8,6 +8,10 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
     "custom-model": {
         "Creating": {"Active", "Failed"},
     },
+    "custom-model-deployment": {
+        "Creating": {"Active", "Failed"},
+        "Active": {"Failed"},  # its model cannot be loaded again after the node serving it was lost
+    },
     "model-copy-job": {
         "InProgress": {"Completed", "Failed"},
     },

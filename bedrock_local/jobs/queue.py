@@ -8,7 +8,7 @@ BEGIN IMMEDIATE) and on PostgreSQL (the row lock re-checks the condition) alike.
 import datetime
 from dataclasses import dataclass
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from bedrock_local.store.database import Database
@@ -94,6 +94,18 @@ def finish(session: Session, job_pk: int, worker_id: str) -> bool:
 def request_stop(session: Session, resource: Resource) -> None:
     session.execute(update(Job).where(Job.resource_pk == resource.pk).values(stop_requested=True)
                     .execution_options(synchronize_session=False))
+
+
+def release(session: Session, job_pk: int, worker_id: str) -> None:
+    """Give a running job up at once (its worker is shutting down): claimable by another worker
+    now rather than when the lease runs out."""
+    session.execute(update(Job).where(Job.pk == job_pk, Job.lease_owner == worker_id, Job.state == "running")
+                    .values(lease_expires_at=utcnow()).execution_options(synchronize_session=False))
+
+
+def forget(session: Session, resource: Resource) -> None:
+    """Remove the resource's job (its resource is being deleted); a worker holding it loses the lease."""
+    session.execute(delete(Job).where(Job.resource_pk == resource.pk))
 
 
 def job_for(session: Session, resource: Resource) -> Job | None:

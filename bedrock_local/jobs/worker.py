@@ -202,6 +202,8 @@ def worker_main(settings: Settings, threads: int | None = None, parent_pid: int 
     if threads:
         import torch
         torch.set_num_threads(threads)
+    from bedrock_local.engine import aliases
+    aliases.install(settings.model_aliases)  # checked by the command that started this process
     worker = Worker(settings)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())

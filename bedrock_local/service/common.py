@@ -61,6 +61,15 @@ def find_in_scope(session, ctx: Context, kind: str, what: str, identifier: str) 
     return found
 
 
+def read_in_scope(ctx: Context, kind: str, what: str, identifier: str) -> resources.ResourceRow:
+    """`find_in_scope` for an answer (Get): the row, read without a session."""
+    by = "arn" if identifier.startswith("arn:") else "name"
+    found = resources.read(ctx.db, ctx.scope, kind, **{by: identifier})
+    if found is None:
+        raise ResourceNotFoundException(f"The {what} '{identifier}' does not exist.")
+    return found
+
+
 def check_name_free(session, ctx: Context, kind: str, what: str, name: str) -> None:
     if resources.name_taken(session, ctx.scope, kind, name):
         raise ConflictException(f"A {what} with the name '{name}' already exists in {ctx.region}.")
@@ -128,8 +137,15 @@ class Pager:
                 "of the same List call, with the same filters and sort order.")
 
     def page(self, session, kind: str, conditions: list) -> tuple[list[Resource], str | None]:
-        rows = resources.page(session, self.ctx.scope, kind, conditions, descending=self.descending,
-                              limit=self.limit + 1, after=self.after)
+        return self._cut(resources.page(session, self.ctx.scope, kind, conditions, descending=self.descending,
+                                        limit=self.limit + 1, after=self.after))
+
+    def read_page(self, kind: str, conditions: list) -> tuple[list[resources.ResourceRow], str | None]:
+        """`page` for an answer: rows read without a session."""
+        return self._cut(resources.read_page(self.ctx.db, self.ctx.scope, kind, conditions,
+                                             descending=self.descending, limit=self.limit + 1, after=self.after))
+
+    def _cut(self, rows: list) -> tuple[list, str | None]:
         if len(rows) <= self.limit:
             return rows, None
         rows = rows[: self.limit]

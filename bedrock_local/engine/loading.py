@@ -29,7 +29,7 @@ from accelerate import init_empty_weights
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .catalog import KIND_EMBEDDING, FoundationModel, packaged_weights
+from .catalog import KIND_EMBEDDING, FoundationModel, packaged_weights, weights_of
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -482,7 +482,8 @@ def materialize_foundation_model(model: FoundationModel, cache_dir: Path) -> Pat
     """A plain HF folder for a catalog model. The text model's GGUF is converted once into
     `cache_dir/<model id>/` (bf16 safetensors + tokenizer; load it back as float32) and reused
     while the packaged file is unchanged; the embedding model's packaged folder is returned
-    as it is."""
+    as it is. An alias shares the folder of the packaged model it runs on."""
+    model = weights_of(model)
     source = packaged_weights(model)
     if model.kind == KIND_EMBEDDING:
         return source

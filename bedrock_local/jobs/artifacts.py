@@ -55,8 +55,13 @@ def read_manifest(objects: ObjectStore, prefix: S3Location) -> dict[str, dict]:
     return json.loads(objects.get_bytes(prefix.join(MANIFEST)))["files"]
 
 
+class DamagedArtifact(Exception):
+    """A stored model file no longer matches the model's manifest."""
+
+
 def download_model(objects: ObjectStore, prefix: S3Location, folder: Path, files: dict[str, dict]) -> Path:
-    """Materialize a stored model in a local folder (reused when every file is already there intact)."""
+    """Materialize a stored model in a local folder (reused when every file is already there intact).
+    A downloaded file whose size or SHA-256 differs from the manifest raises DamagedArtifact naming it."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, info in files.items():
         local = folder / name
@@ -64,4 +69,8 @@ def download_model(objects: ObjectStore, prefix: S3Location, folder: Path, files
             continue
         local.parent.mkdir(parents=True, exist_ok=True)
         objects.download_file(prefix.join(*name.split("/")), local)
+        if local.stat().st_size != info["size"] or ("sha256" in info and sha256_of(local) != info["sha256"]):
+            local.unlink()
+            raise DamagedArtifact(f"The stored file {prefix.join(*name.split('/')).uri} does not match the "
+                                  "model's manifest (size or SHA-256): it was changed or damaged after the import.")
     return folder

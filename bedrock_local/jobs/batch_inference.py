@@ -6,6 +6,12 @@ output URI: `<job id>/<input file>.out` (one line per record, in input order, wi
 error) and `<job id>/manifest.json.out`. Each chunk of finished records is flushed to the `.out`
 object before the checkpoint records it, so a Stop or a crash keeps finished work, and a job taken
 back after a crash resumes from the checkpoint without losing or duplicating a record.
+
+On a test model (engine/test_models.py) nothing is loaded and its faults apply:
+records that fail with a chosen error (`faults.errors` by record number in the job, or a
+`[[fault:NAME]]` in the record), and a job that fails, stops or times out after N records
+(`faults.job`) or right before a record that says `[[fault:job-ACTION]]`; the records before that
+point are flushed first, as for a real Stop or timeout.
 """
 
 import datetime
@@ -15,16 +21,18 @@ import logging
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 
 from bedrock_local.engine.catalog import KIND_TEXT
 from bedrock_local.jobs.lifecycle import move
-from bedrock_local.jobs.model_sources import ModelSource, local_path
+from bedrock_local.jobs.model_sources import ModelSource, body_format, load_engine
 from bedrock_local.jobs.worker import Handler, JobContext, JobStopped
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import Resource
 
 log = logging.getLogger("bedrock_local.batch")
+_JOB_VERBS = {"fail": "fail", "stop": "stop", "timeout": "time out"}
 
 VALIDATION_CHECK_LINES = 10_000
 FLUSH_SHARE = 10  # flush at most once per 10x the time the last flush took
@@ -38,7 +46,24 @@ class ValidationFailed(Exception):
 
 
 class TimedOut(Exception):
-    pass
+    """The job reached its timeout (or a test model's fault says so: str() then says why)."""
+
+
+class InjectedJobFailure(Exception):
+    """A test model's fault made the job fail; str() is the job's message."""
+
+
+@dataclass(frozen=True)
+class JobFault:
+    """Where a test model's fault ends the job: after `position` records of the next chunk."""
+
+    position: int
+    action: str  # fail | stop | timeout
+    why: str  # what asked for it
+    message: str | None = None  # the user's own message for a failure (faults.job.message)
+
+    def note(self) -> str:
+        return f"(injected fault: {self.why})"
 
 
 def model_cache():
@@ -56,57 +81,126 @@ def chunk_records() -> int:
     return 512 if torch.cuda.is_available() else 64
 
 
+# Records per chunk for a test model (found without importing torch). Not larger: measured on a
+# 10,000-record job, chunks of 16-128 took ~1.0 s and chunks of 1,024 ~1.7 s, as more records alive at
+# once survive into older garbage-collector generations, whose collections walk the worker's whole heap.
+TEST_MODEL_CHUNK = 64
+
+
 def error_line(record: dict, code: int, message: str) -> dict:
     return {"recordId": record.get("recordId"), "modelInput": record.get("modelInput"),
             "error": {"errorCode": code, "errorMessage": message}}
 
 
 class RecordRunner:
-    """Turns a chunk of input records into output lines with one model, counting tokens."""
+    """Turns a chunk of input records into output lines with one model, counting tokens. Converse
+    records use the Converse body; InvokeModel records the body format of the model's provider
+    (engine/formats.py: Meta Llama, Anthropic Messages, Titan, Mistral, Cohere Embed, ...)."""
 
     def __init__(self, ctx: JobContext, source: ModelSource, invocation_type: str):
         self.kind = source.kind
         self.invocation_type = invocation_type
-        path = local_path(source, ctx.settings, ctx.objects)
-        self.model = (model_cache().text_generator(path) if source.kind == KIND_TEXT
-                      else model_cache().embedder(path))
+        self.body_format = body_format(source)
+        self.model_id = source.foundation_model_id or source.reference
+        self.model = load_engine(source, ctx.settings, ctx.objects,
+                                 lambda path: (model_cache().text_generator(path) if source.kind == KIND_TEXT
+                                               else model_cache().embedder(path)))
+        from bedrock_local.engine.test_models import is_test_engine
 
-    def run(self, records: list[dict], seed: int) -> list[tuple[dict, int, int]]:
+        # a test model (engine/test_models.py) loads nothing and may inject faults
+        self.test_model = is_test_engine(self.model)
+        self.faults = self.model.faults if self.test_model else None
+
+    def chunk_size(self) -> int:
+        return TEST_MODEL_CHUNK if self.test_model else chunk_records()
+
+    def job_fault(self, records: list[dict], done: int) -> JobFault | None:
+        """Where a test model's fault ends the job among `records`, the next ones after `done`:
+        the model's `faults.job` (after N records of the job) or a record asking for it
+        (`[[fault:job-ACTION]]`, the job ends right before that record)."""
+        if not self.test_model:
+            return None
+        from bedrock_local.engine.test_models import job_directive
+
+        found = None
+        point = self.faults.job_point(done, len(records)) if self.faults is not None else None
+        if point is not None:
+            job = self.faults.job
+            found = JobFault(point, job.action, f"faults.job of {self.model_id} asks the job to "
+                                                f"{_JOB_VERBS[job.action]} after {job.after_records} records",
+                             job.message)
+        for position, record in enumerate(records[:point]):
+            action = job_directive(record.get("modelInput")) if record.pop("_jobDirective", False) else None
+            if action is not None:
+                return JobFault(position, action, f"record {record.get('recordId')!r} asks the job to "
+                                                  f"{_JOB_VERBS[action]} with [[fault:job-{action}]]")
+        return found
+
+    def _parse(self, record: dict):
         from bedrock_local.engine import formats
+
+        if self.invocation_type == "Converse":
+            return formats.parse_converse_body(record["modelInput"])
+        return formats.parse_invoke(self.body_format, record["modelInput"])
+
+    def run(self, records: list[dict], seed: int, start: int = 0) -> list[tuple[dict, int, int]]:
+        """Output lines of `records`, with their input and output tokens; `start` is the number of
+        records of the job before them (a test model's faults.errors counts records in the job)."""
+        from bedrock_local.engine import formats
+        from bedrock_local.engine.test_models import InjectedFault
 
         parsed, lines = [], [None] * len(records)
         for index, record in enumerate(records):
             if "_error" in record:  # the line changed since validation and no longer parses
                 lines[index] = (error_line(record, 400, record.pop("_error")), 0, 0)
                 continue
+            fault = self.faults.record_fault(start + index + 1, self.model_id) if self.faults is not None else None
+            if fault is not None:
+                lines[index] = (error_line(record, fault.status, fault.message), 0, 0)
+                continue
             try:
-                if self.invocation_type == "Converse":
-                    parsed.append((index, formats.parse_converse_body(record["modelInput"])))
-                else:
-                    parsed.append((index, formats.parse_invoke_body(self.kind, record["modelInput"])))
+                parsed.append((index, self._parse(record)))
             except formats.FormatError as exc:
                 lines[index] = (error_line(record, 400, str(exc)), 0, 0)
+        # what the model computes: one TextRequest per text record, every EmbeddingRequest of every
+        # embedding record (a Cohere record holds many texts)
+        work = []
+        for _, request in parsed:
+            if isinstance(request, formats.InvokeRequest):
+                work.extend([request.text] if request.text is not None else request.embeddings)
+            else:
+                work.append(request)
         try:
-            requests = [request for _, request in parsed]
-            results = (self.model.generate(requests, seed=seed) if self.kind == KIND_TEXT
-                       else self.model.embed(requests))
+            results = (self.model.generate(work, seed=seed) if self.kind == KIND_TEXT else self.model.embed(work))
         except Exception as exc:  # the model failed on this chunk: its records become error lines
             log.error("model failed on a chunk: %s", traceback.format_exc())
-            results = [exc] * len(parsed)
-        for (index, _), result in zip(parsed, results):
+            results = [exc] * len(work)
+        position = 0
+        for index, request in parsed:
             record = records[index]
-            if isinstance(result, formats.FormatError):
-                lines[index] = (error_line(record, 400, str(result)), 0, 0)
-            elif isinstance(result, Exception):
-                lines[index] = (error_line(record, 500, f"The model failed on this record: {result}"), 0, 0)
-            elif self.invocation_type == "Converse":
-                output = formats.render_converse_response(result)
-                lines[index] = ({"recordId": record["recordId"], "modelInput": record["modelInput"],
-                                 "modelOutput": output}, result.input_tokens, result.output_tokens)
+            count = len(request.embeddings) if getattr(request, "embeddings", None) is not None else 1
+            mine, position = results[position:position + count], position + count
+            problem = next((r for r in mine if isinstance(r, Exception)), None)
+            if isinstance(problem, formats.FormatError):
+                lines[index] = (error_line(record, 400, str(problem)), 0, 0)
+                continue
+            if isinstance(problem, InjectedFault):
+                lines[index] = (error_line(record, problem.status, problem.message), 0, 0)
+                continue
+            if problem is not None:
+                lines[index] = (error_line(record, 500, f"The model failed on this record: {problem}"), 0, 0)
+                continue
+            if not isinstance(request, formats.InvokeRequest):
+                output = formats.render_converse_response(mine[0])
+                tokens = (mine[0].input_tokens, mine[0].output_tokens)
+            elif request.text is not None:
+                output = formats.render_invoke(request, mine[0], model_id=self.model_id)
+                tokens = (mine[0].input_tokens, mine[0].output_tokens)
             else:
-                output = formats.render_invoke_response(self.kind, result)
-                lines[index] = ({"recordId": record["recordId"], "modelInput": record["modelInput"],
-                                 "modelOutput": output}, result.input_tokens, getattr(result, "output_tokens", 0))
+                output = formats.render_invoke(request, mine, model_id=self.model_id)
+                tokens = (sum(r.input_tokens for r in mine), 0)
+            lines[index] = ({"recordId": record["recordId"], "modelInput": record["modelInput"],
+                             "modelOutput": output}, *tokens)
         return lines
 
 
@@ -134,7 +228,7 @@ class BatchInferenceHandler(Handler):
         ctx.check()
         try:
             counts = self._process(ctx)
-        except TimedOut:
+        except TimedOut as timed_out:
             counts = ctx.checkpoint.get("counts", {})
             with ctx.session() as session:
                 job = ctx.resource(session)
@@ -142,9 +236,10 @@ class BatchInferenceHandler(Handler):
                 if job.status == "Stopping":  # stopped and timed out at once: the user's Stop wins
                     self._finish(ctx, job, "Stopped", counts, "The job was stopped.")
                     return
+                note = f" {timed_out}" if str(timed_out) else ""  # an injected timeout says so
                 self._finish(ctx, job, "PartiallyCompleted", counts,
                              f"The job reached its timeout of {job.body['timeoutDurationInHours']} hours "
-                             f"with {left} records not processed.")
+                             f"with {left} records not processed.{note}")
             return
         with ctx.session() as session:
             job = ctx.resource(session)
@@ -186,7 +281,8 @@ class BatchInferenceHandler(Handler):
         counts = ctx.checkpoint.get("counts", {})
         if resource.status != "Stopping":
             move(resource, "Stopping")
-        self._finish(ctx, resource, "Stopped", counts, "The job was stopped.")
+        note = ctx.checkpoint.get("injectedStop")  # a test model's fault stopped it (in memory only)
+        self._finish(ctx, resource, "Stopped", counts, "The job was stopped." + (f" {note}" if note else ""))
 
     # ---- validation ----------------------------------------------------------------------
     def _validate(self, ctx: JobContext) -> list[dict]:
@@ -272,7 +368,7 @@ class BatchInferenceHandler(Handler):
         state = ctx.checkpoint or {"file": 0, "done": 0, "counts": {name: 0 for name in COUNT_NAMES}}
         counts = dict(state["counts"])
         runner = RecordRunner(ctx, source, invocation_type)
-        size = chunk_records()
+        size = runner.chunk_size()
         for index in range(state["file"], len(files)):
             entry = files[index]
             out = root.join(*(entry["name"] + ".out").split("/"))
@@ -287,9 +383,7 @@ class BatchInferenceHandler(Handler):
                 ending = not chunk or ctx.should_stop() or utcnow() > deadline
                 if pending and (ending or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
                     started = time.monotonic()
-                    ctx.check_lease()
-                    ctx.objects.put_bytes(out, "".join(lines).encode())
-                    self._record_progress(ctx, {"file": index, "done": len(lines), "counts": counts})
+                    self._flush(ctx, out, lines, {"file": index, "done": len(lines), "counts": counts})
                     last_flush, pending = time.monotonic(), False
                     flush_cost = last_flush - started
                 if not chunk:
@@ -297,17 +391,45 @@ class BatchInferenceHandler(Handler):
                 ctx.check()
                 if utcnow() > deadline:
                     raise TimedOut()
-                for line, tokens_in, tokens_out in runner.run(chunk, seed):
+                fault = runner.job_fault(chunk, counts["processedRecordCount"])
+                if fault is not None:
+                    chunk = chunk[:fault.position]
+                for line, tokens_in, tokens_out in runner.run(chunk, seed, counts["processedRecordCount"]):
                     lines.append(json.dumps(line, ensure_ascii=False) + "\n")
                     counts["processedRecordCount"] += 1
                     counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
                     counts["inputTokenCount"] += tokens_in
                     counts["outputTokenCount"] += tokens_out
-                pending = True
+                pending = pending or bool(chunk)
+                if fault is not None:  # what is finished is kept, then the job ends as its fault says
+                    if pending:
+                        self._flush(ctx, out, lines, {"file": index, "done": len(lines), "counts": counts})
+                    self._inject(ctx, fault, counts["processedRecordCount"])
             if not lines:
                 ctx.objects.put_bytes(out, b"")
             self._record_progress(ctx, {"file": index + 1, "done": 0, "counts": counts})
         return counts
+
+    def _flush(self, ctx: JobContext, out: S3Location, lines: list[str], state: dict) -> None:
+        ctx.check_lease()
+        ctx.objects.put_bytes(out, "".join(lines).encode())
+        self._record_progress(ctx, state)
+
+    def _inject(self, ctx: JobContext, fault: JobFault, processed: int) -> None:
+        """End the job as a test model's fault asks, after `processed` records: fail, stop (as a
+        StopModelInvocationJob does: Stopping, then Stopped) or time out (PartiallyCompleted)."""
+        log.info("job %s: injected fault: %s after %d records", ctx.claim.job_pk, fault.action, processed)
+        if fault.action == "fail":
+            raise InjectedJobFailure(f"{fault.message or f'The job failed after {processed} records.'} "
+                                     f"{fault.note()}")
+        if fault.action == "timeout":
+            raise TimedOut(fault.note())
+        with ctx.session() as session:
+            job = ctx.resource(session)
+            if job.status == "InProgress":
+                move(job, "Stopping")
+        ctx.checkpoint = {**ctx.checkpoint, "injectedStop": fault.note()}
+        raise JobStopped()
 
     def _record_progress(self, ctx: JobContext, state: dict) -> None:
         ctx.save_checkpoint(state)
@@ -341,4 +463,6 @@ class BatchInferenceHandler(Handler):
                     raise ValueError("not an object")
             except ValueError as exc:
                 record = {"recordId": None, "modelInput": None, "_error": f"Line {number} is not valid JSON: {exc}"}
+            if b"[[fault:job-" in raw:  # may ask a test model's job to end here (RecordRunner.job_fault)
+                record["_jobDirective"] = True
             yield record

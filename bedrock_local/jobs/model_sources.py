@@ -1,18 +1,26 @@
 """Which model a job runs and where its weights are on this machine: a packaged foundation model
 (materialized once into the cache as a plain HF folder), or a custom model downloaded from the
-model store into the cache. Both the service (to check a model id at create time) and the
-workers (to load it) use this."""
+model store into the cache; or a test model (engine/test_models.py), which has no weights and
+whose engine is built at once. Both the service (to check a model id at create time) and the
+workers and serving nodes (to load it: `load_engine`) use this."""
 
 import fcntl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
-from bedrock_local.engine.catalog import KIND_EMBEDDING, KIND_TEXT, FoundationModel, find_foundation_model
+from bedrock_local.engine.catalog import (KIND_EMBEDDING, KIND_TEXT, FoundationModel, find_foundation_model,
+                                          is_test_model)
 from bedrock_local.jobs.artifacts import download_model, read_manifest
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore, S3Location
 
-__all__ = ["KIND_EMBEDDING", "KIND_TEXT", "ModelSource", "custom_model_dir", "foundation_source", "local_path"]
+__all__ = ["KIND_EMBEDDING", "KIND_TEXT", "ModelFilesUnavailable", "ModelSource", "body_format", "custom_model_dir",
+           "custom_source", "foundation_source", "load_engine", "local_path", "test_engine"]
+
+
+class ModelFilesUnavailable(Exception):
+    """The model's weights could not be fetched or prepared on this machine; str() says why."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,7 @@ class ModelSource:
     account: str | None = None
     region: str | None = None
     model_id: str | None = None         # 12-character id of a custom model
+    body_format: str | None = None      # its InvokeModel body (engine/formats.py); None: the kind's default
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -36,7 +45,50 @@ class ModelSource:
 
 
 def foundation_source(model: FoundationModel) -> ModelSource:
-    return ModelSource(reference=model.model_id, kind=model.kind, foundation_model_id=model.model_id)
+    return ModelSource(reference=model.model_id, kind=model.kind, foundation_model_id=model.model_id,
+                       body_format=model.body_format or None)
+
+
+def custom_source(model) -> ModelSource:
+    """A custom model resource (store.schema.Resource, kind custom-model) as a ModelSource: a model
+    trained from a foundation model takes that model's body format; an imported one the Meta Llama body."""
+    origin = model.origin_arn or ""
+    base = find_foundation_model(origin.split(":foundation-model/", 1)[1]) if ":foundation-model/" in origin else None
+    return ModelSource(reference=model.arn, kind=KIND_TEXT, artifacts=model.body["_artifacts"], account=model.account,
+                       region=model.region, model_id=model.resource_id,
+                       body_format=base.body_format if base is not None and base.body_format else None)
+
+
+def body_format(source: ModelSource) -> str:
+    return source.body_format or ("titan-embed" if source.kind == KIND_EMBEDDING else "meta-llama")
+
+
+def test_engine(source: ModelSource):
+    """The engine of `source` when a test model answers for it (engine/test_models.py: a
+    TestTextModel or TestEmbeddingModel with the alias's faults), else None. Builds at once."""
+    if not source.foundation_model_id:
+        return None
+    model = find_foundation_model(source.foundation_model_id)
+    if model is None or not is_test_model(model):
+        return None
+    from bedrock_local.engine import test_models
+
+    return test_models.engine_for(model.kind, model.model_id, model.faults)
+
+
+def load_engine(source: ModelSource, settings: Settings, objects: ObjectStore, load: Callable[[Path], Any]):
+    """The engine that runs `source`: a test model's engine directly (nothing fetched, nothing
+    loaded), else `load(path)` of its weights on local disk (`local_path`; a failure to fetch
+    them is ModelFilesUnavailable). Batch jobs load through the worker's model cache, serving
+    nodes into a continuous batcher: each passes its own `load`."""
+    engine = test_engine(source)
+    if engine is not None:
+        return engine
+    try:
+        path = local_path(source, settings, objects)
+    except Exception as exc:
+        raise ModelFilesUnavailable(str(exc)) from exc
+    return load(path)
 
 
 def local_path(source: ModelSource, settings: Settings, objects: ObjectStore) -> Path:
@@ -45,6 +97,8 @@ def local_path(source: ModelSource, settings: Settings, objects: ObjectStore) ->
         from bedrock_local.engine.loading import materialize_foundation_model
 
         model = find_foundation_model(source.foundation_model_id)
+        if model is not None and is_test_model(model):
+            raise ValueError(f"{source.foundation_model_id} runs on a test model, which has no weights")
         cache = settings.cache_dir / "foundation-models"
         cache.mkdir(parents=True, exist_ok=True)
         with open(cache / ".lock", "w") as lock:  # workers sharing a cache convert a model once

@@ -1,0 +1,201 @@
+"""The bedrock-runtime operations: Converse, ConverseStream, InvokeModel and
+InvokeModelWithResponseStream, on a deployment (by its ARN) or a foundation model (by id or ARN).
+
+Bodies are parsed and rendered by engine/formats.py, the same rules batch jobs use: Converse, and
+for InvokeModel the body format of the model's provider (Meta Llama for the packaged text model,
+Anthropic Messages for a Claude id, Titan, Mistral, Cohere Embed, ...; engine/aliases.py). The
+model runs on a serving node (runtime/node.py); these functions only resolve where, forward the
+request and shape the answer. A streaming operation returns its event stream as an async iterator
+of `{event name: event}` members; the api layer frames them as application/vnd.amazon.eventstream.
+Anything that goes wrong before the first event is an ordinary error response; after it, an
+exception event of the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+from bedrock_local.engine.formats import (KIND_EMBEDDING, EmbeddingResult, FormatError, InvokeRequest,
+                                          StreamRenderer, TextResult, invocation_metrics, parse_converse_body,
+                                          parse_invoke, render_converse_response, render_invoke)
+from bedrock_local.runtime.client import NodeCall, Target, resolve_target
+from bedrock_local.service.context import Context
+from bedrock_local.service.errors import BedrockError, ValidationException
+from bedrock_local.service.registry import operation
+
+CONVERSE_MEMBERS = ("messages", "system", "inferenceConfig")
+UNSUPPORTED_CONVERSE = {
+    "toolConfig": "tool use", "guardrailConfig": "guardrails", "promptVariables": "prompt variables",
+    "additionalModelRequestFields": "additional model request fields", "outputConfig": "structured output",
+}
+JSON = "application/json"
+
+
+def _converse_request(params: dict) -> dict:
+    for member, what in UNSUPPORTED_CONVERSE.items():
+        if params.get(member):
+            raise ValidationException(f"This model doesn't support {what} ('{member}').")
+    body = {k: params[k] for k in CONVERSE_MEMBERS if k in params}
+    try:
+        return parse_converse_body(body, where="request").__dict__
+    except FormatError as exc:
+        raise ValidationException(str(exc))
+
+
+def _invoke_request(params: dict, target: Target) -> InvokeRequest:
+    content_type = (params.get("contentType") or JSON).split(";")[0].strip().lower()
+    if content_type != JSON:
+        raise ValidationException(f"The contentType '{params.get('contentType')}' is not supported; send "
+                                  f"'{JSON}'.")
+    raw = params.get("body") or b""
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ValidationException("The body is not valid UTF-8.")
+    except ValueError as exc:
+        raise ValidationException(f"The body is not valid JSON: {exc}")
+    try:
+        return parse_invoke(target.body_format, body, where="body")
+    except FormatError as exc:
+        raise ValidationException(str(exc))
+
+
+async def _target(ctx: Context, model_id: str) -> Target:
+    return await asyncio.to_thread(resolve_target, ctx, model_id)
+
+
+async def _text_call(ctx: Context, params: dict, parse) -> tuple[NodeCall, dict]:
+    """Open the request on its node and read its first message (a delta or the result), so that
+    every error before the answer starts is an ordinary error response."""
+    target = await _target(ctx, params["modelId"])
+    if target.kind == KIND_EMBEDDING:
+        raise ValidationException(f"The model '{params['modelId']}' is an embedding model; it cannot generate text.")
+    request = parse(params)
+    call = await NodeCall.open(target, "text", request)
+    try:
+        return call, await call.next()
+    except BaseException:
+        call.close()
+        raise
+
+
+async def _run_to_end(call: NodeCall, first: dict) -> TextResult:
+    try:
+        message = first
+        while "done" not in message:
+            message = await call.next()
+        return TextResult(**message["done"])
+    finally:
+        call.close()
+
+
+@operation("Converse")
+async def converse(ctx: Context, params: dict) -> dict:
+    started = time.perf_counter()
+    call, first = await _text_call(ctx, params, _converse_request)
+    result = await _run_to_end(call, first)
+    return render_converse_response(result, latency_ms=int((time.perf_counter() - started) * 1000))
+
+
+@operation("InvokeModel")
+async def invoke_model(ctx: Context, params: dict) -> dict:
+    target = await _target(ctx, params["modelId"])
+    request = _invoke_request(params, target)
+    if request.embeddings is not None:
+        call = await NodeCall.open(target, "embedding", {"items": [e.__dict__ for e in request.embeddings]})
+        try:
+            result = [EmbeddingResult(**item) for item in (await call.next())["done"]["results"]]
+        finally:
+            call.close()
+    else:
+        call = await NodeCall.open(target, "text", request.text.__dict__)
+        try:
+            first = await call.next()
+        except BaseException:
+            call.close()
+            raise
+        result = await _run_to_end(call, first)
+    body = render_invoke(request, result, model_id=target.model_id)
+    return {"body": json.dumps(body).encode(), "contentType": JSON}
+
+
+async def _deltas(call: NodeCall, first: dict) -> AsyncIterator[tuple[str, TextResult | None]]:
+    """("text", None) per streamed piece, then ("", result)."""
+    try:
+        message = first
+        while True:
+            if "delta" in message:
+                yield message["delta"], None
+            elif "done" in message:
+                yield "", TextResult(**message["done"])
+                return
+            message = await call.next()
+    finally:
+        call.close()
+
+
+def _stream_error(error: BedrockError, member: str = "modelStreamErrorException") -> dict:
+    names = {"ValidationException": "validationException", "ThrottlingException": "throttlingException",
+             "ServiceUnavailableException": "serviceUnavailableException",
+             "InternalServerException": "internalServerException"}
+    return {names.get(error.code, member): {"message": error.message}}
+
+
+@operation("ConverseStream")
+async def converse_stream(ctx: Context, params: dict) -> dict:
+    started = time.perf_counter()
+    call, first = await _text_call(ctx, params, _converse_request)
+
+    async def events():
+        yield {"messageStart": {"role": "assistant"}}
+        try:
+            async for text, result in _deltas(call, first):
+                if result is None:
+                    if text:
+                        yield {"contentBlockDelta": {"delta": {"text": text}, "contentBlockIndex": 0}}
+                    continue
+                latency = int((time.perf_counter() - started) * 1000)
+                rendered = render_converse_response(result, latency_ms=latency)
+                yield {"contentBlockStop": {"contentBlockIndex": 0}}
+                yield {"messageStop": {"stopReason": rendered["stopReason"]}}
+                yield {"metadata": {"usage": rendered["usage"], "metrics": rendered["metrics"]}}
+        except BedrockError as error:
+            yield _stream_error(error)
+
+    return {"stream": events()}
+
+
+@operation("InvokeModelWithResponseStream")
+async def invoke_model_with_response_stream(ctx: Context, params: dict) -> dict:
+    started = time.perf_counter()
+    target = await _target(ctx, params["modelId"])
+    if target.kind == KIND_EMBEDDING:
+        raise ValidationException(f"The model '{params['modelId']}' is an embedding model; it does not stream.")
+    request = _invoke_request(params, target)
+    renderer = StreamRenderer(request, model_id=target.model_id)
+    call, first = await _text_call(ctx, params, lambda p: request.text.__dict__)
+
+    async def events():
+        # the provider's own streamed chunks (engine/formats.py StreamRenderer): text as it comes; the
+        # token counts, the stop reason and the invocation metrics at the end (the node tells the
+        # counts only with the result)
+        first_byte = None
+        try:
+            async for text, result in _deltas(call, first):
+                if first_byte is None:
+                    first_byte = int((time.perf_counter() - started) * 1000)
+                if result is None:
+                    chunks = renderer.delta(text)
+                else:
+                    metrics = invocation_metrics(result.input_tokens, result.output_tokens,
+                                                 int((time.perf_counter() - started) * 1000), first_byte)
+                    chunks = renderer.finish(result, metrics)
+                for chunk in chunks:
+                    yield {"chunk": {"bytes": json.dumps(chunk).encode()}}
+        except BedrockError as error:
+            yield _stream_error(error)
+
+    return {"body": events(), "contentType": JSON}

@@ -25,9 +25,18 @@ apart; the cold job pays it inside Create -> Completed.
 e.g. the GPU machine), saved as an HF folder; the baseline loads that folder, the server imports it
 with CreateCustomModel (timed apart) and the job runs it by ARN.
 
+`--test-model`: the job machinery alone. The records go to `bedrock-local.test-text-v1:0`
+(engine/test_models.py: no weights, microseconds a record) and (a) becomes the same records through
+the test model's `generate()` in this process (and, apart, the in-process parse + generate + render +
+JSON line that a RecordRunner does without the job around it), best of 3; (b) is the job end to end
+(a cold one, then a warm one on the same server). The ratio (b)/(a) and the job's seconds per record
+beyond the model's are the cost of the job machinery (queue pick-up, validation, reading, checkpoints,
+output flushes, status moves).
+
     python -m benchmarks.batch_inference                          # 256 records x 64 tokens; baseline on 32
     python -m benchmarks.batch_inference --records 32 --baseline-records 8 --new-tokens 16   # quick
     python -m benchmarks.batch_inference --random-weights --records 512 --tokenizer-dir DIR   # GPU
+    python -m benchmarks.batch_inference --test-model --records 10000                          # the job machinery
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 MODEL_ID = "huggingface.smollm2-135m-instruct-v1:0"
+TEST_MODEL_ID = "bedrock-local.test-text-v1:0"
 ACCOUNT, REGION = "123456789012", "us-east-1"  # the server's open mode: every key is this account
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/BedrockBatchInference"
 INPUT_BUCKET, OUTPUT_BUCKET, MODEL_SOURCE_BUCKET = "bench-input", "bench-output", "bench-model-source"
@@ -366,10 +376,7 @@ def import_custom_model(server: Server, bedrock, folder: Path, name: str, poll: 
 
 def run_job(server: Server, bedrock, model_id: str, prompts: list[str], new_tokens: int, name: str,
             poll: float) -> dict:
-    records = [{"recordId": f"r{i:06d}",
-                "modelInput": {"messages": [{"role": "user", "content": [{"text": prompt}]}],
-                               "inferenceConfig": {"maxTokens": new_tokens, "temperature": 0}}}
-               for i, prompt in enumerate(prompts)]
+    records = converse_records(prompts, new_tokens)
     input_dir = server.bucket(INPUT_BUCKET) / name
     input_dir.mkdir(parents=True, exist_ok=True)
     (input_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -436,6 +443,118 @@ def describe_timeline(timeline: list[tuple[float, str, int]], records: int) -> l
 # --------------------------------------------------------------------------------------------
 
 
+def converse_records(prompts: list[str], new_tokens: int) -> list[dict]:
+    """The records `run_job` writes (Converse bodies, greedy, maxTokens = new_tokens)."""
+    return [{"recordId": f"r{i:06d}",
+             "modelInput": {"messages": [{"role": "user", "content": [{"text": prompt}]}],
+                            "inferenceConfig": {"maxTokens": new_tokens, "temperature": 0}}}
+            for i, prompt in enumerate(prompts)]
+
+
+def test_model_baseline(prompts: list[str], new_tokens: int, rounds: int = 3) -> dict:
+    """(a) for --test-model: the same records through TestTextModel.generate() in this process (best of
+    `rounds`), and apart the whole in-process path of a record without the job around it: its JSON
+    line parsed, its Converse body parsed, generate, the response rendered and its output line dumped."""
+    from bedrock_local.engine import formats
+    from bedrock_local.engine.test_models import TestTextModel
+
+    raw = [json.dumps(record) for record in converse_records(prompts, new_tokens)]
+    model = TestTextModel()
+    generate_s, pipeline_s, output_tokens = [], [], 0
+    for _ in range(rounds):
+        records = [json.loads(line) for line in raw]
+        requests = [formats.parse_converse_body(record["modelInput"]) for record in records]
+        started = time.perf_counter()
+        results = model.generate(requests, seed=0)
+        generate_s.append(time.perf_counter() - started)
+        output_tokens = sum(result.output_tokens for result in results)
+
+        started = time.perf_counter()
+        records = [json.loads(line) for line in raw]
+        requests = [formats.parse_converse_body(record["modelInput"]) for record in records]
+        lines = [json.dumps({"recordId": record["recordId"], "modelInput": record["modelInput"],
+                             "modelOutput": formats.render_converse_response(result)}, ensure_ascii=False) + "\n"
+                 for record, result in zip(records, model.generate(requests, seed=0))]
+        pipeline_s.append(time.perf_counter() - started)
+        assert len(lines) == len(raw)
+    return {"generate_s": min(generate_s), "pipeline_s": min(pipeline_s), "output_tokens": output_tokens,
+            "records": len(raw), "rounds": rounds}
+
+
+def main_test_model(args, console) -> int:
+    """--test-model: the job machinery alone (see the module docstring)."""
+    from rich.table import Table
+
+    run_started = time.perf_counter()
+    prompts = make_prompts(args.records)
+    console.print(f"(a) {args.records} records through {TEST_MODEL_ID} generate() in this process, best of 3 "
+                  f"[load average {loadavg()}] ...")
+    baseline = test_model_baseline(prompts, args.new_tokens)
+    console.print(f"    generate {baseline['generate_s'] * 1000:.1f} ms; parse + generate + render + dump "
+                  f"{baseline['pipeline_s'] * 1000:.1f} ms")
+    work = Path(tempfile.mkdtemp(prefix="bedrock-local-bench-batch-"))
+    jobs: list[dict] = []
+    try:
+        server = Server(work / "data", args.cache_dir, args.workers).start()
+        try:
+            bedrock = server.client()
+            for name in ["cold"] + ([] if args.no_warm_job else ["warm"]):
+                console.print(f"(b) invocation job '{name}', {args.records} records [load average {loadavg()}] ...")
+                job = run_job(server, bedrock, TEST_MODEL_ID, prompts, args.new_tokens,
+                              f"bench-{name}-{uuid.uuid4().hex[:6]}", args.poll_seconds)
+                job["name"], job["load_avg"] = name, loadavg()
+                console.print(f"    {job['seconds']:.2f} s")
+                jobs.append(job)
+        finally:
+            server.stop()
+
+        records = args.records
+        table = Table(title=f"Batch inference on the test model {TEST_MODEL_ID}: {records} Converse records, "
+                            f"maxTokens {args.new_tokens}", title_justify="left")
+        for column in ("mode", "records", "output tokens", "seconds", "records/s", "us/record", "vs (a)"):
+            table.add_column(column, justify="left" if column == "mode" else "right")
+        base = baseline["generate_s"]
+        rows = [("(a) TestTextModel.generate(), in-process", baseline["generate_s"], baseline["output_tokens"]),
+                ("(a') parse + generate + render + JSON line, in-process", baseline["pipeline_s"],
+                 baseline["output_tokens"])]
+        for job in jobs:
+            label = ("(b) job, Create -> Completed, first job on the server" if job["name"] == "cold"
+                     else "(b) same job again")
+            rows.append((label, job["seconds"], job["manifest"]["outputTokenCount"]))
+        for label, seconds, tokens in rows:
+            table.add_row(label, f"{records:,}", f"{tokens:,}", f"{seconds:.3f}", f"{records / seconds:,.0f}",
+                          f"{seconds / records * 1e6:,.1f}", f"{seconds / base:.1f}x")
+        console.print()
+        console.print(table)
+        for job in jobs:
+            m = job["manifest"]
+            console.print(f"(b) {job['name']}: manifest {json.dumps(m)}; stop reasons {job['stop_reasons']}; "
+                          f"load average after {job['load_avg']}")
+            for line in describe_timeline(job["timeline"], records):
+                console.print(f"    {line}")
+            timeline = job["timeline"]
+            in_progress = next((t for t, status, _ in timeline if status == "InProgress"), None)
+            if in_progress is not None:
+                running = timeline[-1][0] - in_progress
+                console.print(f"    InProgress -> {timeline[-1][1]}: {running:.2f} s, {running / records * 1e6:,.1f} us "
+                              f"a record, of which the model's generate() {base / records * 1e6:.1f} us "
+                              f"(polled every {args.poll_seconds} s)")
+        if jobs:
+            best = min(job["seconds"] for job in jobs)
+            console.print(f"job machinery: {(best - base) / records * 1e6:,.1f} us a record beyond the model "
+                          f"(best job {best:.2f} s - generate {base:.3f} s, over {records} records); ratio "
+                          f"(b) best job / (a) generate = {best / base:.1f}x, / (a') in-process path = "
+                          f"{best / baseline['pipeline_s']:.1f}x")
+        console.print(f"environment: {platform.platform()}, python {platform.python_version()}, {os.cpu_count()} "
+                      f"CPUs, server --workers {args.workers}; whole run {time.perf_counter() - run_started:.0f} s")
+    finally:
+        if args.keep:
+            console.print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
 def mib(value: int | None) -> str:
     return "-" if not value else f"{value / 2 ** 20:,.0f} MiB"
 
@@ -443,7 +562,7 @@ def mib(value: int | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=int, default=256, help="records in the job (default 256)")
+    parser.add_argument("--records", type=int, help="records in the job (default 256; 10000 with --test-model)")
     parser.add_argument("--new-tokens", type=int, default=64, help="new tokens per record (default 64)")
     parser.add_argument("--baseline-records", type=int, default=32,
                         help="run the baseline on this many of the records (spread evenly) and extrapolate "
@@ -458,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-warm-job", action="store_true",
                         help="skip the second job (same records, model already loaded in the worker)")
     parser.add_argument("--skip-baseline", action="store_true", help="only the job (no ratio)")
-    parser.add_argument("--poll-seconds", type=float, default=0.5, help="GetModelInvocationJob interval (default 0.5)")
+    parser.add_argument("--poll-seconds", type=float,
+                        help="GetModelInvocationJob interval (default 0.5; 0.05 with --test-model)")
     parser.add_argument("--workers", type=int, default=1,
                         help="the server's --workers (default 1); the server gives each worker cores // workers "
                              "torch threads, so on a busy 2-core machine --workers 2 runs the job on 1 thread")
@@ -467,8 +587,15 @@ def main(argv: list[str] | None = None) -> int:
                              "a server that sets its workers' threads itself (cores // workers) overrides it "
                              "there, which the output notes; default: torch's own choice (one per core)")
     parser.add_argument("--keep", action="store_true", help="keep the server's data dir (outputs, log)")
+    parser.add_argument("--test-model", action="store_true",
+                        help=f"the job machinery alone: the records go to {TEST_MODEL_ID} (no weights, microseconds "
+                             f"a record); the baseline is its generate() in-process")
     parser.add_argument("--baseline-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.records is None:
+        args.records = 10_000 if args.test_model else 256
+    if args.poll_seconds is None:
+        args.poll_seconds = 0.05 if args.test_model else 0.5
     if args.baseline_child:
         baseline_child(args.baseline_child)
         return 0
@@ -482,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.table import Table
 
     console = Console(width=150)
+    if args.test_model:
+        return main_test_model(args, console)
     run_started = time.perf_counter()
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     prompts = make_prompts(args.records)

@@ -43,9 +43,9 @@ functions.
 import argparse
 import contextlib
 import datetime
+import functools
 import hashlib
 import importlib.metadata
-import importlib.util
 import itertools
 import json
 import os
@@ -210,6 +210,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@functools.cache
+def _serve_has_serving_workers() -> bool:
+    help_text = subprocess.run([sys.executable, "-m", "bedrock_local.cli", "serve", "--help"], capture_output=True,
+                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    return "--serving-workers" in help_text
+
+
 class Server:
     def __init__(self, name: str, data_dir: Path, database_url: str | None, credentials: Path):
         self.name = name
@@ -230,6 +237,8 @@ class Server:
                    "--log-level", "warning"]
         if self.database_url:
             command += ["--database-url", self.database_url]
+        if _serve_has_serving_workers():
+            command += ["--serving-workers", "0"]  # API only: no serving node either
         with open(self.log, "a") as handle:
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
                                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -671,10 +680,13 @@ def serve_floor(kind: str, port: str, get_file: str, list_file: str) -> None:
             body = list_body if _is_list(scope["raw_path"]) else get_body
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"),
-                                    (b"x-amzn-requestid", b"00000000-0000-4000-8000-000000000000")]})
+                                    (b"x-amzn-requestid", b"00000000-0000-4000-8000-000000000000"),
+                                    (b"content-length", str(len(body)).encode())]})  # not chunked
             await send({"type": "http.response.body", "body": body})
 
-        uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning", access_log=False, lifespan="off")
+        from bedrock_local.cli import UVICORN_SETTINGS
+
+        uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning", lifespan="off", **UVICORN_SETTINGS)
         return
 
     import asyncio
@@ -998,12 +1010,13 @@ def run_customization(args, work: Path, credentials: Path, started: float):
         moto_note = (f"moto {importlib.metadata.version('moto')} (`python -m moto.server`, Werkzeug, threaded; it "
                      f"answers `Connection: close`, so each request opens a connection)" if args.cz_moto_jobs
                      else "not run (--cz-moto-jobs 0)")
-        http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-        loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        from bedrock_local.cli import UVICORN_SETTINGS
+
+        uvicorn_settings = ", ".join(f"{k}={v}" for k, v in UVICORN_SETTINGS.items())
         notes = [("moto", moto_note),
                  ("floor", (f"stdlib asyncio Protocol answering fixed bytes (keep-alive); floor (uvicorn): a bare "
                             f"ASGI callable, uvicorn {importlib.metadata.version('uvicorn')} with serve's settings "
-                            f"(http={http}, loop={loop}, as installed here)")),
+                            f"({uvicorn_settings})")),
                  ("CPU columns", ("server: user+system CPU of the server process over the timed requests (/proc); "
                                   "boto3: of this process (all client threads); per request"))]
     return cells, endpoints, notes, profile

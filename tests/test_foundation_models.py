@@ -1,16 +1,33 @@
-"""ListFoundationModels and GetFoundationModel over the packaged catalog, through boto3."""
+"""ListFoundationModels and GetFoundationModel over the packaged catalog (the packaged models and the
+two test models, which are always there), through boto3."""
 
+import json
 import re
 
 import botocore.session
 import pytest
+
+from conftest import Server
 
 MODEL = botocore.session.get_session().get_service_model("bedrock")
 FOUNDATION_MODEL_ARN = re.compile(MODEL.shape_for("FoundationModelArn").metadata["pattern"])
 MODEL_ID = re.compile(r"[a-z0-9-]+\.[a-z0-9-]+-v\d+:\d+")  # Bedrock's provider.name-vN:M
 TEXT_MODEL = "huggingface.smollm2-135m-instruct-v1:0"
 EMBEDDING_MODEL = "sentence-transformers.all-minilm-l6-v2-v1:0"
-ALL = {TEXT_MODEL, EMBEDDING_MODEL}
+TEST_TEXT, TEST_EMBEDDING = "bedrock-local.test-text-v1:0", "bedrock-local.test-embed-v1:0"  # engine/test_models.py
+ALL = {TEXT_MODEL, EMBEDDING_MODEL, TEST_TEXT, TEST_EMBEDDING}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A server whose catalog is the packaged models alone (no aliases), so every filter's answer is
+    exactly known; the aliases have tests of their own."""
+    folder = tmp_path_factory.mktemp("catalog")
+    aliases = folder / "no-aliases.json"
+    aliases.write_text(json.dumps({"replaceDefaults": True, "aliases": []}))
+    server = Server(folder / "data", extra_args=("--model-aliases", str(aliases))).start()
+    yield server
+    server.stop()
 
 
 def ids(response) -> set[str]:
@@ -63,8 +80,9 @@ def test_embedding_model_is_described_truthfully(summaries):
     ({"byCustomizationType": "FINE_TUNING"}, {TEXT_MODEL}),
     ({"byCustomizationType": "CONTINUED_PRE_TRAINING"}, {TEXT_MODEL}),
     ({"byCustomizationType": "DISTILLATION"}, set()),
-    ({"byOutputModality": "TEXT"}, {TEXT_MODEL}),
-    ({"byOutputModality": "EMBEDDING"}, {EMBEDDING_MODEL}),
+    ({"byOutputModality": "TEXT"}, {TEXT_MODEL, TEST_TEXT}),
+    ({"byOutputModality": "EMBEDDING"}, {EMBEDDING_MODEL, TEST_EMBEDDING}),
+    ({"byProvider": "bedrock-local"}, {TEST_TEXT, TEST_EMBEDDING}),
     ({"byOutputModality": "IMAGE"}, set()),
     ({"byInferenceType": "ON_DEMAND"}, ALL),
     ({"byInferenceType": "PROVISIONED"}, set()),

@@ -37,7 +37,7 @@ from conftest import upload_folder, wait_until
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 DEAD_WORKER = "deadhost:999999:deadbeef"
-TABLES = {"alembic_version", "jobs", "meta", "resources", "tags"}
+TABLES = {"alembic_version", "jobs", "meta", "resources", "serving_nodes", "tags"}
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_concurrent_migrations_make_one_schema(database_url, make_server, open_d
 
     names, versions = schema_state()
     assert TABLES <= names
-    assert versions == ["0001"]
+    assert versions == ["0002"]
     # migrating again, twice and from two threads at once, is a no-op that keeps the data
     threads = [threading.Thread(target=lambda: open_database(url).dispose()) for _ in range(2)]
     for thread in threads:
@@ -563,20 +563,22 @@ def _alive(pid: int) -> bool:
 
 
 def test_workers_stop_when_their_server_is_killed(make_server):
-    """kill -9 of the server process alone: its workers notice and exit instead of running on as orphans."""
+    """kill -9 of the server process alone: its workers and its serving process notice and exit instead
+    of running on as orphans."""
     server = make_server("orphans", workers=2)
-    workers = wait_until(lambda: len(_children(server.process.pid)) == 2 and _children(server.process.pid),
-                         timeout=60, what="two worker processes")
+    workers = wait_until(lambda: len(_children(server.process.pid)) == 3 and _children(server.process.pid),
+                         timeout=60, what="two worker processes and a serving process")
     os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait(10)
     wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=30, what="the orphaned workers to exit")
 
 
 def test_sigterm_to_the_server_stops_its_workers(make_server):
-    """SIGTERM to the server process alone: it shuts down, stops its workers, and exits 0."""
+    """SIGTERM to the server process alone: it shuts down, stops its workers and its serving process,
+    and exits 0."""
     server = make_server("sigterm", workers=2)
-    workers = wait_until(lambda: len(_children(server.process.pid)) == 2 and _children(server.process.pid),
-                         timeout=60, what="two worker processes")
+    workers = wait_until(lambda: len(_children(server.process.pid)) == 3 and _children(server.process.pid),
+                         timeout=60, what="two worker processes and a serving process")
     os.kill(server.process.pid, signal.SIGTERM)
     assert server.process.wait(30) == 0
     wait_until(lambda: not any(_alive(pid) for pid in workers), timeout=15, what="the workers to stop")

@@ -26,6 +26,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-max-records", type=int, default=50_000, help="quota: most records per batch job")
     parser.add_argument("--batch-max-records-per-file", type=int, default=50_000,
                         help="quota: most records per batch input file")
+    parser.add_argument("--quota", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a service quota, e.g. customization-jobs=4, batch-input-file-size=500MB, "
+                             "all=unlimited (repeatable, later ones win; the README lists the quotas)")
     parser.add_argument("--job-hour-seconds", type=float, default=3600.0,
                         help="seconds that count as one hour for job timeouts and expiry (for tests; default 3600)")
     parser.add_argument("--model-aliases", type=Path,
@@ -35,6 +38,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **extra) -> Settings:
+    from bedrock_local.quotas import QuotaSettingError, parse_quota_flags
+
+    try:
+        quotas, quota_fields = parse_quota_flags(args.quota)
+    except QuotaSettingError as exc:
+        sys.exit(f"bedrock-local: {exc}")
+    for name, value in quota_fields.items():  # quotas kept in their own flags' fields (--batch-max-records, ...)
+        setattr(args, name, value)
+    extra["quotas"] = quotas
     return Settings(data_dir=args.data_dir, database_url=args.database_url, s3_endpoint_url=args.s3_endpoint_url,
                     model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, cache_root=args.cache_dir,
                     batch_min_records=args.batch_min_records, batch_max_records=args.batch_max_records,

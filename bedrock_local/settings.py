@@ -26,6 +26,9 @@ class Settings:
     batch_min_records: int = 1
     batch_max_records: int = 50_000
     batch_max_records_per_file: int = 50_000
+    # the service quotas changed by `--quota KEY=VALUE` (key -> value, None: unlimited); the list of
+    # quotas, AWS's names and defaults are in bedrock_local/quotas.py
+    quotas: dict = field(default_factory=dict)
     # how many seconds count as one hour for job timeouts and expiry (3600; tests shorten it)
     hour_seconds: float = 3600.0
 

@@ -70,7 +70,8 @@ class Server:
             args += ["--database-url", self.database_url]
         if self.s3_endpoint_url:
             args += ["--s3-endpoint-url", self.s3_endpoint_url]
-        return args + self.extra_args
+        # no service quota unless a test sets one: tests/test_quotas.py checks them (AWS's defaults in serve)
+        return args + ["--quota", "all=unlimited"] + self.extra_args
 
     def start(self) -> "Server":
         self.data_dir.mkdir(parents=True, exist_ok=True)

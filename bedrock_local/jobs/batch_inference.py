@@ -23,6 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from bedrock_local import quotas
 from bedrock_local.engine.catalog import KIND_TEXT
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.jobs.model_sources import ModelSource, body_format, load_engine
@@ -294,6 +295,11 @@ class BatchInferenceHandler(Handler):
             raise ValidationFailed(f"The output bucket '{output.bucket}' of "
                                    f"{job.body['outputDataConfig']['s3OutputDataConfig']['s3Uri']} does not exist.")
         files = self._input_files(ctx, uri)
+        try:  # sizes first: a job past them fails before a line is read
+            quotas.check_input_sizes(ctx.settings, [(f["uri"], f.pop("size")) for f in files],
+                                     "batch-input-file-size", "batch-job-size")
+        except quotas.QuotaExceeded as exc:
+            raise ValidationFailed(str(exc))
         settings, total = ctx.settings, 0
         for entry in files:
             ctx.check()
@@ -316,30 +322,33 @@ class BatchInferenceHandler(Handler):
                                            f'object "modelInput".')
                 count += 1
                 if count > settings.batch_max_records_per_file:
-                    raise ValidationFailed(f"{entry['uri']} has more than {settings.batch_max_records_per_file} "
-                                           f"records, the quota of records per input file.")
+                    most = settings.batch_max_records_per_file
+                    raise ValidationFailed(f"{entry['uri']} has more than {most} records, past the quota "
+                                           f"{quotas.describe('batch-records-per-file', most)}.")
             entry["records"] = count
             total += count
         if total > settings.batch_max_records:
-            raise ValidationFailed(f"The input has {total} records; the quota of records per batch inference "
-                                   f"job is {settings.batch_max_records}.")
+            raise ValidationFailed(f"The input has {total} records, past the quota "
+                                   f"{quotas.describe('batch-records-per-job', settings.batch_max_records)}.")
         if total < settings.batch_min_records:
             raise ValidationFailed(f"The input has {total} records; a batch inference job needs at least "
-                                   f"{settings.batch_min_records}.")
+                                   f"{settings.batch_min_records} (the quota "
+                                   f"{quotas.describe('batch-min-records', settings.batch_min_records)}).")
         return files
 
     def _input_files(self, ctx: JobContext, uri: str) -> list[dict]:
         loc = S3Location.parse(uri)
         try:
             if not loc.is_prefix and ctx.objects.exists(loc) and not self._has_children(ctx, loc):
-                return [{"uri": loc.uri, "name": loc.key.rsplit("/", 1)[-1], "records": 0}]
+                size = next((size for found, size in ctx.objects.list_objects(loc) if found.key == loc.key), 0)
+                return [{"uri": loc.uri, "name": loc.key.rsplit("/", 1)[-1], "records": 0, "size": size}]
             prefix = loc if loc.is_prefix else S3Location(loc.bucket, loc.key + "/")
             found = [(l, size) for l, size in ctx.objects.list_objects(prefix) if l.key.endswith(".jsonl")]
         except StorageError as exc:
             raise ValidationFailed(f"The input {uri} cannot be read: {exc}")
         if not found:
             raise ValidationFailed(f"No .jsonl input files were found at {uri}.")
-        return [{"uri": l.uri, "name": l.key[len(prefix.key):], "records": 0} for l, _ in found]
+        return [{"uri": l.uri, "name": l.key[len(prefix.key):], "records": 0, "size": size} for l, size in found]
 
     @staticmethod
     def _has_children(ctx: JobContext, loc: S3Location) -> bool:

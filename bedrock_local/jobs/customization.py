@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bedrock_local import quotas
 from bedrock_local.engine.catalog import find_foundation_model
 from bedrock_local.jobs.artifacts import model_location, sha256_of, write_manifest
 from bedrock_local.jobs.lifecycle import move
@@ -252,6 +253,12 @@ class CustomizationHandler(Handler):
         validation_records = []
         for validator in body.get("validationDataConfig", {}).get("validators", []):
             validation_records += self._read(ctx, validator["s3Uri"], body["customizationType"], training)
+        try:
+            quotas.check_records(ctx.settings, "fine-tuning-records" if body["customizationType"] == "FINE_TUNING"
+                                 else "continued-pre-training-records", len(train_records) + len(validation_records),
+                                 "The training and validation data")
+        except quotas.QuotaExceeded as exc:
+            raise CustomizationFailed(str(exc))
         self._set_phase(ctx, "validationDetails", "Completed")
         self._set_phase(ctx, "dataProcessingDetails", "InProgress")
         ctx.check()

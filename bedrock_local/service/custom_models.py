@@ -9,6 +9,7 @@ from bedrock_local.service.common import (find_in_scope, Pager, creation_time_fi
                                           make_arn, new_id, public, request_hash)
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import ConflictException, ValidationException
+from bedrock_local.service.quotas import check_count
 from bedrock_local.service.registry import operation
 from bedrock_local.storage import InvalidS3Uri, S3Location
 from bedrock_local.store import resources
@@ -44,6 +45,9 @@ def create_custom_model(ctx: Context, params: dict) -> dict:
         earlier = idempotent_replay(session, ctx, KIND, params)
         if earlier is not None:
             return {"modelArn": earlier.arn}
+        check_count(session, ctx, "model-import-jobs", KIND, job_kind="model-import",
+                    what="custom models are being imported")
+        check_count(session, ctx, "custom-models", KIND, what="custom models exist")
         model_id = new_id()
         body = {"customizationType": "IMPORTED", "modelKmsKeyArn": params.get("modelKmsKeyArn"),
                 "ownerAccountId": ctx.account, "_source": source.uri, "_requestHash": request_hash(params),

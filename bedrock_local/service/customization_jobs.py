@@ -17,6 +17,7 @@ from bedrock_local.service.custom_models import parse_s3_uri
 from bedrock_local.service.errors import ConflictException, ValidationException
 from bedrock_local.service.foundation_models import foundation_model_arn
 from bedrock_local.service.models import resolve_model_source
+from bedrock_local.service.quotas import check_count
 from bedrock_local.service.registry import operation
 from bedrock_local.store import resources
 from bedrock_local.store.resources import utcnow
@@ -97,6 +98,8 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
                 raise ValidationException(f"The custom model '{base.arn}' was imported, not derived from a foundation "
                                           f"model: it cannot be customized further.")
         _check_model_name_free(session, ctx, params["customModelName"])
+        check_count(session, ctx, "customization-jobs", KIND, UNFINISHED,
+                    what=f"model customization jobs are {' or '.join(UNFINISHED)}")
         job_id, created = new_id(), utcnow()
         now = created.isoformat()  # the phases start when the job does
         kms = params.get("customModelKmsKeyId")

@@ -17,6 +17,7 @@ from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import DEPLOYMENT_KIND as KIND
 from bedrock_local.service.custom_models import find_model
 from bedrock_local.service.errors import ValidationException
+from bedrock_local.service.quotas import check_count
 from bedrock_local.service.registry import operation
 from bedrock_local.jobs.model_sources import ModelSource, custom_source
 from bedrock_local.store import resources
@@ -54,6 +55,9 @@ def create_custom_model_deployment(ctx: Context, params: dict) -> dict:
         if earlier is not None:
             return {"customModelDeploymentArn": earlier.arn}
         source = _deployable_source(session, ctx, params["modelArn"], "modelArn")
+        check_count(session, ctx, "deployments", KIND, what="custom model deployments exist")
+        check_count(session, ctx, "in-progress-deployments", KIND, ("Creating",),
+                    what="custom model deployments are Creating")
         deployment_id = new_id()
         body = {"description": params.get("description"), "_source": source.to_json(),
                 "_requestHash": request_hash(params)}

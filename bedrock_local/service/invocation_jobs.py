@@ -13,6 +13,7 @@ from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import parse_s3_uri
 from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
 from bedrock_local.service.models import resolve_model_source
+from bedrock_local.service.quotas import check_count
 from bedrock_local.service.registry import operation
 from bedrock_local.store import resources
 from bedrock_local.store.resources import utcnow
@@ -21,6 +22,7 @@ from bedrock_local.store.schema import Resource
 KIND = "model-invocation-job"
 FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
 NOT_STARTED = {"Submitted", "Validating", "Scheduled"}
+UNFINISHED = ("Submitted", "Validating", "Scheduled", "InProgress", "Stopping")  # count against the job quotas
 DEFAULT_TIMEOUT_HOURS = 24
 
 
@@ -57,6 +59,9 @@ def create_model_invocation_job(ctx: Context, params: dict) -> dict:
         if invocation_type == "Converse" and source.kind == KIND_EMBEDDING:
             raise ValidationException(f"The model '{params['modelId']}' is an embedding model and does not "
                                       f"support modelInvocationType Converse; use InvokeModel.")
+        quota = "batch-jobs-per-base-model" if source.foundation_model_id else "batch-jobs-per-custom-model"
+        check_count(session, ctx, quota, KIND, UNFINISHED, ref_arn=source.reference, model_label=params["modelId"],
+                    what=f"batch inference jobs on {params['modelId']} are {', '.join(UNFINISHED)}")
         now = utcnow()
         expires = now + datetime.timedelta(seconds=hours * ctx.settings.hour_seconds)
         job_id = new_id()

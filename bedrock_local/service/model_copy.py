@@ -11,6 +11,7 @@ from bedrock_local.service.common import (Pager, creation_time_filters, idempote
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import KIND as MODEL_KIND
 from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
+from bedrock_local.service.quotas import check_count
 from bedrock_local.service.registry import operation
 from bedrock_local.store import resources
 from bedrock_local.store.resources import Scope
@@ -61,6 +62,7 @@ def create_model_copy_job(ctx: Context, params: dict) -> dict:
         if earlier is not None:
             return {"jobArn": earlier.arn}
         source = _source_model(session, ctx, params["sourceModelArn"])
+        check_count(session, ctx, "custom-models", MODEL_KIND, what="custom models exist")
         name = params["targetModelName"]
         model_id = new_id()
         path = _CUSTOM_MODEL_PATH.fullmatch(parse_arn(source.arn)["resource"])["path"]

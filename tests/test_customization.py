@@ -122,6 +122,11 @@ def wait_for(client, arn: str, predicate, what: str, timeout: float = 240.0) -> 
     return wait_until(check, timeout=timeout, interval=0.1, what=what)
 
 
+# ListModelCustomizationJobs' summary members as the seed page (../shared/seeds/003_*) documents them
+SEED_SUMMARY_MEMBERS = {"jobArn", "baseModelArn", "jobName", "status", "lastModifiedTime", "creationTime", "endTime",
+                        "customModelArn", "customModelName", "customizationType"}
+
+
 def phases(job: dict) -> dict[str, str]:
     return {phase: job["statusDetails"][phase]["status"] for phase in PHASES}
 
@@ -493,6 +498,7 @@ def test_list_filters_sorting_and_pages(idle):
     assert summary["status"] == "InProgress" and summary["customModelName"] == f"{names[3]}-model"
     assert summary["customizationType"] == "CONTINUED_PRE_TRAINING" and summary["creationTime"] == times[3]
     assert "customModelArn" not in summary and "endTime" not in summary and "lastModifiedTime" in summary
+    assert set(summary) - {"ResponseMetadata"} <= SEED_SUMMARY_MEMBERS  # the seed page's summary: no statusDetails
     stopped, = client.list_model_customization_jobs(nameContains=names[1])["modelCustomizationJobSummaries"]
     assert stopped["status"] == "Stopped" and stopped["endTime"] == jobs[1]["endTime"]
 

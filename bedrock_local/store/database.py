@@ -3,7 +3,9 @@ run with Alembic under a lock so that several processes may start at once."""
 
 import contextlib
 import fcntl
+import os
 import secrets
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -32,6 +34,7 @@ class Database:
         else:
             url = url.replace("postgresql://", "postgresql+psycopg://", 1) if url.startswith("postgresql://") else url
             self.engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self._own = threading.local()  # SQLite: each thread's own connection for one-statement reads
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.read_sessions = sessionmaker(self.engine.execution_options(readonly=True), expire_on_commit=False)
 
@@ -42,6 +45,18 @@ class Database:
     def read_session(self) -> Session:
         """A session that only reads: never waits for writers."""
         return self.read_sessions()
+
+    def own_read_connection(self):
+        """SQLite only: this thread's own DBAPI connection, kept for one-statement reads outside any
+        transaction (autocommit, WAL: each statement sees the newest commit and waits for no writer).
+        Taking a pooled connection and giving it back costs more than an indexed lookup by ARN.
+        A process made by fork() opens its own instead of sharing its parent's."""
+        own = getattr(self._own, "connection", None)
+        if own is None or own[0] != os.getpid():
+            connection = self.engine.raw_connection()
+            connection.detach()  # out of the pool's count, closed with the thread's last reference
+            own = self._own.connection = (os.getpid(), connection)
+        return own[1]
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision; safe to call from many processes at once."""

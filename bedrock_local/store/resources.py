@@ -123,14 +123,22 @@ class _CompiledRead:
         for _name, key, constant, process in self.binds:
             value = values[key] if key is not None else constant
             args.append(process(value) if process is not None and value is not None else value)
-        connection = db.engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(self.sql, tuple(args) if self.positional else {b[0]: a for b, a in zip(self.binds, args)})
-            fetched = cursor.fetchall()
-            cursor.close()
-        finally:
-            connection.close()
+        parameters = tuple(args) if self.positional else {b[0]: a for b, a in zip(self.binds, args)}
+        if db.is_sqlite:
+            cursor = db.own_read_connection().cursor()
+            try:
+                fetched = cursor.execute(self.sql, parameters).fetchall()
+            finally:
+                cursor.close()
+        else:
+            connection = db.engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self.sql, parameters)
+                fetched = cursor.fetchall()
+                cursor.close()
+            finally:
+                connection.close()
         processors = self.processors
         return [[value if process is None or value is None else process(value)
                  for process, value in zip(processors, row)] for row in fetched]

@@ -11,7 +11,6 @@ Where AWS puts a quota, bedrock-local puts it:
   validation with a message naming the quota (a batch job ends Failed, a customization job Failed).
 """
 
-
 import re
 from dataclasses import dataclass
 

@@ -181,16 +181,18 @@ def test_model_import_jobs_at_aws_default_and_custom_models(make_server, tiny_mo
 
 
 def test_copies_and_deployments(make_server, tiny_model_dir):
-    server = quota_server(make_server, "custom-models=1", "in-progress-deployments=1", workers=1,
-                          extra_args=("--serving-workers", "0"))  # nothing loads: deployments stay Creating
+    server = quota_server(make_server, "custom-models=2", "model-import-jobs=1", "in-progress-deployments=1",
+                          workers=1, extra_args=("--serving-workers", "0"))  # nothing loads: deployments stay Creating
     east = server.client()
     model = import_model(server, east, tiny_model_dir, "tiny")
     wait_until(lambda: east.get_custom_model(modelIdentifier=model)["modelStatus"] == "Active", 120, what="import")
+    import_model(server, east, tiny_model_dir, "tiny-2")  # the ended import holds no place any more
     # a copy makes a custom model in the caller's region: counted there
     west = server.client(region="us-west-2")
     west.create_model_copy_job(sourceModelArn=model, targetModelName="copy-1")
-    message = quota_message(west.create_model_copy_job, sourceModelArn=model, targetModelName="copy-2")
-    assert "'Custom models per account' of 1" in message and "us-west-2" in message, message
+    west.create_model_copy_job(sourceModelArn=model, targetModelName="copy-2")
+    message = quota_message(west.create_model_copy_job, sourceModelArn=model, targetModelName="copy-3")
+    assert "'Custom models per account' of 2" in message and "us-west-2" in message, message
 
     first = east.create_custom_model_deployment(modelDeploymentName="dep-1", modelArn=model)["customModelDeploymentArn"]
     message = quota_message(east.create_custom_model_deployment, modelDeploymentName="dep-2", modelArn=model)

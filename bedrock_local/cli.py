@@ -90,10 +90,18 @@ def serve(args: argparse.Namespace) -> int:
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
                          serving_workers=args.serving_workers, credentials_file=args.credentials_file)
     db, objects = _open_stores(settings)
-    app = create_app(settings, db, objects)
+    from bedrock_local.api.identity import CredentialsFileError
+
+    try:
+        app = create_app(settings, db, objects)
+    except CredentialsFileError as exc:
+        sys.exit(f"bedrock-local: --credentials-file: {exc}")
     if app.accounts.open_mode:
         log.warning("no --credentials-file: open mode, requests are not authenticated and every access key "
                     "is account %s", settings.default_account)
+    else:
+        log.info("authentication on: every request's SigV4 signature is verified (%d access key(s), %d account(s))",
+                 len(app.accounts.keys), len(app.accounts.account_ids))
     workers = start_worker_processes(settings, settings.workers)
     workers += start_serving_processes(settings, args.serving_workers, threads_per_worker(args.serving_workers))
     log.info("bedrock-local on http://%s:%s, data in %s, %d worker(s), %d serving node(s)", settings.host,

@@ -93,19 +93,23 @@ class BedrockApi:
     async def _handle(self, request: Request, request_id: str, matched: list) -> Response:
         raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
         query_string = request.scope.get("query_string", b"").decode("latin-1")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
+        body = await self._read_body(request)
+        # the caller is verified first, as on AWS: an unsigned request gets the auth error, not a routing
+        # or validation one (the body is read first: its hash is part of the signature)
+        caller = self.accounts.authenticate(request.method, raw_path.split("?", 1)[0], query_string, headers,
+                                            request.scope["headers"], body)
         codec, op, labels = self._route(request.method, raw_path.split("?", 1)[0])
         matched[0] = codec
         function = self.operations.get(op.name)
         if function is None:
             raise ValidationException(f"The operation {op.name} is not supported by bedrock-local.")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
-        body = await self._read_body(request)
         params = codec.parse_request(op, labels, query_string, headers, body)
         problem = validation_message(params, op.input_shape) if op.input_shape is not None else None
         if problem:
             raise ValidationException(problem)
-        caller = self.accounts.caller(headers, query_string)
-        ctx = Context(caller.account, caller.region, self.db, self.objects, self.settings, request_id)
+        ctx = Context(caller.account, caller.region, self.db, self.objects, self.settings, request_id,
+                      bucket_owners=self.accounts.bucket_owners)
         if inspect.iscoroutinefunction(function):
             result = await function(ctx, params)
         elif self._reads_inline(op):
@@ -155,6 +159,7 @@ class BedrockApi:
 
     def _error(self, error: BedrockError, request_id: str, codec: RestJsonCodec) -> Response:
         status, headers, payload = codec.serialize_error(error, request_id)
+        status = getattr(error, "http_status", status)  # errors of no service model (authentication)
         if error.code == "UnknownOperationException":
             status = 404
         return Response(payload, status_code=status, headers=headers)

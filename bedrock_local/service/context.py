@@ -1,6 +1,7 @@
 """What every operation gets: who is calling (account, region) and the stores it may use."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore
@@ -16,6 +17,7 @@ class Context:
     objects: ObjectStore
     settings: Settings
     request_id: str = ""
+    bucket_owners: Mapping[str, str] = field(default_factory=dict)  # bucket -> owning account (credentials file)
 
     @property
     def scope(self) -> Scope:

@@ -7,24 +7,18 @@ from bedrock_local.jobs import queue
 from bedrock_local.jobs.artifacts import model_location
 from bedrock_local.service.common import (find_in_scope, Pager, creation_time_filters, idempotent_replay, insert_unique,
                                           make_arn, new_id, public, request_hash)
+from bedrock_local.service.buckets import s3_location
 from bedrock_local.service.context import Context
-from bedrock_local.service.errors import ConflictException, ValidationException
+from bedrock_local.service.errors import ConflictException
 from bedrock_local.service.quotas import check_count
 from bedrock_local.service.registry import operation
-from bedrock_local.storage import InvalidS3Uri, S3Location
+from bedrock_local.storage import S3Location
 from bedrock_local.store import resources
 from bedrock_local.store.schema import Resource
 
 
 KIND = "custom-model"
 DEPLOYMENT_KIND = "custom-model-deployment"
-
-
-def parse_s3_uri(uri: str, member: str) -> S3Location:
-    try:
-        return S3Location.parse(uri)
-    except InvalidS3Uri as exc:
-        raise ValidationException(f"Invalid S3 URI at '{member}': {exc}")
 
 
 def find_model(session, ctx: Context, identifier: str) -> Resource:
@@ -40,7 +34,8 @@ def describe(resource: Resource) -> dict:
 
 @operation("CreateCustomModel")
 def create_custom_model(ctx: Context, params: dict) -> dict:
-    source = parse_s3_uri(params["modelSourceConfig"]["s3DataSource"]["s3Uri"], "modelSourceConfig.s3DataSource.s3Uri")
+    source = s3_location(ctx, params["modelSourceConfig"]["s3DataSource"]["s3Uri"],
+                         "modelSourceConfig.s3DataSource.s3Uri")
     with ctx.db.session() as session, session.begin():
         earlier = idempotent_replay(session, ctx, KIND, params)
         if earlier is not None:

@@ -10,7 +10,7 @@ from bedrock_local.jobs.lifecycle import move
 from bedrock_local.service.common import (Pager, idempotent_replay, insert_unique, make_arn, new_id, public,
                                           request_hash)
 from bedrock_local.service.context import Context
-from bedrock_local.service.custom_models import parse_s3_uri
+from bedrock_local.service.buckets import s3_location
 from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
 from bedrock_local.service.models import resolve_model_source
 from bedrock_local.service.quotas import check_count
@@ -47,8 +47,9 @@ def create_model_invocation_job(ctx: Context, params: dict) -> dict:
     output_config = params["outputDataConfig"].get("s3OutputDataConfig")
     if not input_config or not output_config:
         raise ValidationException("inputDataConfig.s3InputDataConfig and outputDataConfig.s3OutputDataConfig are required.")
-    parse_s3_uri(input_config["s3Uri"], "inputDataConfig.s3InputDataConfig.s3Uri")
-    parse_s3_uri(output_config["s3Uri"], "outputDataConfig.s3OutputDataConfig.s3Uri")
+    s3_location(ctx, input_config["s3Uri"], "inputDataConfig.s3InputDataConfig.s3Uri", input_config.get("s3BucketOwner"))
+    s3_location(ctx, output_config["s3Uri"], "outputDataConfig.s3OutputDataConfig.s3Uri",
+                output_config.get("s3BucketOwner"))
     invocation_type = params.get("modelInvocationType", "InvokeModel")
     hours = params.get("timeoutDurationInHours", DEFAULT_TIMEOUT_HOURS)
     with ctx.db.session() as session, session.begin():

@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     serving_parser = commands.add_parser("serving", help="run one serving node (no API) against a shared database")
     _common(serving_parser)
     serving_parser.set_defaults(run=serving)
+    from bedrock_local.console_cli import register as register_client_commands
+
+    register_client_commands(commands)  # jobs, watch, models, quickstart: clients of a running server
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return args.run(args)

@@ -7,6 +7,7 @@ service the request was for. Operations that stream (ConverseStream, ...) answer
 import inspect
 import logging
 import os
+import time
 import traceback
 
 from botocore.loaders import create_loader
@@ -15,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from bedrock_local.api import eventstream
+from bedrock_local.api import eventstream, metrics
 from bedrock_local.api.codec import RestJsonCodec, UnknownOperation
 from bedrock_local.api.identity import Accounts
 from bedrock_local.api.validation import validation_message
@@ -54,13 +55,17 @@ class BedrockApi:
         self.runtime_codec = RestJsonCodec(load_service_model("bedrock-runtime"))
         self.operations = load_operations()
         self.accounts = Accounts(settings.default_account, settings.default_region, settings.credentials_file)
+        self.metrics = metrics.RequestMetrics(db)
 
     async def __call__(self, scope, receive, send) -> None:
         """The ASGI application uvicorn runs: every HTTP request, whatever its method and path, is
         answered by `handle`, in the AWS envelope. (Starlette's router and middleware, with nothing to
         route, cost a sixth of a GetModelCustomizationJob's own server time.)"""
         if scope["type"] == "http":
-            response = await self.handle(Request(scope, receive))
+            if scope["path"] == metrics.PATH and scope["method"] in ("GET", "HEAD"):
+                response = await self.metrics_response()
+            else:
+                response = await self.handle(Request(scope, receive))
             await response(scope, receive, send)
         elif scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
@@ -69,7 +74,25 @@ class BedrockApi:
         else:  # websocket: no AWS protocol uses one
             await send({"type": "websocket.close", "code": 1000})
 
+    async def metrics_response(self) -> Response:
+        """GET /metrics: Prometheus's text format (api/metrics.py); it reads the database, in a thread."""
+        return Response(await run_in_threadpool(self.metrics.exposition), media_type=metrics.CONTENT_TYPE)
+
     async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        response = await self._answer(request)
+        self.metrics.observe(request.scope.get("bedrock_local.operation") or self._operation_name(request),
+                             response.status_code, time.perf_counter() - started)
+        return response
+
+    def _operation_name(self, request: Request) -> str:
+        """The operation of a request refused before it was routed (authentication), for the metrics."""
+        try:
+            return self._route(request.method, request.url.path)[1].name
+        except BedrockError:
+            return "unknown"
+
+    async def _answer(self, request: Request) -> Response:
         request_id = new_request_id()
         codec = [self.codec]  # the codec of the service the request is for, once routed
         try:
@@ -101,6 +124,7 @@ class BedrockApi:
                                             request.scope["headers"], body)
         codec, op, labels = self._route(request.method, raw_path.split("?", 1)[0])
         matched[0] = codec
+        request.scope["bedrock_local.operation"] = op.name  # for the metrics
         function = self.operations.get(op.name)
         if function is None:
             raise ValidationException(f"The operation {op.name} is not supported by bedrock-local.")

@@ -29,6 +29,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quota", action="append", default=[], metavar="KEY=VALUE",
                         help="set a service quota, e.g. customization-jobs=4, batch-input-file-size=500MB, "
                              "all=unlimited (repeatable, later ones win; the README lists the quotas)")
+    parser.add_argument("--batch-max-record-bytes", type=int, default=25_000_000,
+                        help="quota: longest line (record) of a batch input file; a longer one becomes an error line "
+                             "(default 25000000, InvokeModel's largest body)")
     parser.add_argument("--job-hour-seconds", type=float, default=3600.0,
                         help="seconds that count as one hour for job timeouts and expiry (for tests; default 3600)")
     parser.add_argument("--model-aliases", type=Path,
@@ -51,7 +54,7 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
                     model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, cache_root=args.cache_dir,
                     batch_min_records=args.batch_min_records, batch_max_records=args.batch_max_records,
                     batch_max_records_per_file=args.batch_max_records_per_file, hour_seconds=args.job_hour_seconds,
-                    model_aliases=args.model_aliases, **extra)
+                    model_aliases=args.model_aliases, batch_max_record_bytes=args.batch_max_record_bytes, **extra)
 
 
 def _open_stores(settings: Settings):
@@ -88,7 +91,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.serving_workers is None:
         args.serving_workers = 1 if args.workers > 0 else 0
     settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
-                         serving_workers=args.serving_workers, credentials_file=args.credentials_file)
+                         serving_workers=args.serving_workers, credentials_file=args.credentials_file,
+                         max_request_bytes=args.max_request_bytes)
     db, objects = _open_stores(settings)
     from bedrock_local.api.identity import CredentialsFileError
 
@@ -163,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     serve_parser.add_argument("--serving-workers", type=int,
                               help="serving processes to start: they load deployed models and answer bedrock-runtime "
                                    "(default 1, or 0 with --workers 0: an API-only node)")
+    serve_parser.add_argument("--max-request-bytes", type=int, default=25_000_000,
+                              help="largest request body the API reads; larger ones answer ValidationException "
+                                   "(default 25000000, InvokeModel's largest body)")
     serve_parser.add_argument("--credentials-file", type=Path,
                               help='JSON: {"<access key id>": {"secretAccessKey": "...", "accountId": "111111111111"}}')
     serve_parser.set_defaults(run=serve)

@@ -26,6 +26,12 @@ class Settings:
     batch_min_records: int = 1
     batch_max_records: int = 50_000
     batch_max_records_per_file: int = 50_000
+    # the largest request body the API reads: the model's largest request member, InvokeModel's body
+    # (bedrock-runtime `Body`, max 25,000,000 bytes); larger requests answer ValidationException
+    max_request_bytes: int = 25_000_000
+    # the largest line of a batch inference input file (one record, an InvokeModel body and its recordId);
+    # a longer line becomes an error line in the output
+    batch_max_record_bytes: int = 25_000_000
     # the service quotas changed by `--quota KEY=VALUE` (key -> value, None: unlimited); the list of
     # quotas, AWS's names and defaults are in bedrock_local/quotas.py
     quotas: dict = field(default_factory=dict)

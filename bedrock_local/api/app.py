@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from bedrock_local.api import eventstream, metrics
-from bedrock_local.api.codec import RestJsonCodec, UnknownOperation
+from bedrock_local.api.codec import RestJsonCodec, UnknownOperation, dumps
 from bedrock_local.api.identity import Accounts
+from bedrock_local.api.openapi import openapi_document
 from bedrock_local.api.validation import validation_message
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import BedrockError, InternalServerException, ValidationException
@@ -29,7 +30,7 @@ from bedrock_local.store.database import Database
 
 log = logging.getLogger("bedrock_local.api")
 
-MAX_BODY_BYTES = 16 * 1024 * 1024
+OPENAPI_PATH = "/openapi.json"
 
 
 def load_service_model(name: str) -> ServiceModel:
@@ -55,6 +56,8 @@ class BedrockApi:
         self.runtime_codec = RestJsonCodec(load_service_model("bedrock-runtime"))
         self.operations = load_operations()
         self.accounts = Accounts(settings.default_account, settings.default_region, settings.credentials_file)
+        self.max_body_bytes = settings.max_request_bytes
+        self._openapi: bytes | None = None
         self.metrics = metrics.RequestMetrics(db)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -64,6 +67,8 @@ class BedrockApi:
         if scope["type"] == "http":
             if scope["path"] == metrics.PATH and scope["method"] in ("GET", "HEAD"):
                 response = await self.metrics_response()
+            elif scope["path"] == OPENAPI_PATH and scope["method"] in ("GET", "HEAD"):
+                response = self.openapi_response()
             else:
                 response = await self.handle(Request(scope, receive))
             await response(scope, receive, send)
@@ -77,6 +82,14 @@ class BedrockApi:
     async def metrics_response(self) -> Response:
         """GET /metrics: Prometheus's text format (api/metrics.py); it reads the database, in a thread."""
         return Response(await run_in_threadpool(self.metrics.exposition), media_type=metrics.CONTENT_TYPE)
+
+    def openapi_response(self) -> Response:
+        """GET /openapi.json: the OpenAPI document of the served operations (api/openapi.py), made once."""
+        if self._openapi is None:
+            document = openapi_document([self.codec.service_model, self.runtime_codec.service_model],
+                                        self.operations)
+            self._openapi = dumps(document)
+        return Response(self._openapi, media_type="application/json")
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -171,13 +184,20 @@ class BedrockApi:
         return StreamingResponse(frames(), status_code=status, headers=headers,
                                  media_type=eventstream.CONTENT_TYPE)
 
-    @staticmethod
-    async def _read_body(request: Request) -> bytes:
+    async def _read_body(self, request: Request) -> bytes:
+        """The whole body, refused (ValidationException, 400: the one error every operation may answer for
+        a request it cannot take) as soon as its Content-Length or the bytes received pass the limit."""
+        limit = self.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ValidationException(f"The request body is {int(declared)} bytes; the most this server takes "
+                                      f"is {limit} bytes (--max-request-bytes).")
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise ValidationException(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+            if size > limit:
+                raise ValidationException(f"The request body is larger than {limit} bytes, the most this server "
+                                          f"takes (--max-request-bytes).")
             chunks.append(chunk)
         return b"".join(chunks)
 

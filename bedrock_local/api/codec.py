@@ -22,6 +22,8 @@ from bedrock_local.service.errors import BedrockError, ValidationException
 
 _LABEL = re.compile(r"\{([^}]+)\}")
 _ONE_ERROR = "1 validation error detected: "  # the prefix of AWS's ValidationException messages
+# what a timestamp in the iso8601 format the models name looks like on the wire (RFC 3339 date-time)
+_ISO8601 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})", re.IGNORECASE)
 
 
 class UnknownOperation(Exception):
@@ -191,7 +193,7 @@ class RestJsonCodec:
     @staticmethod
     def _load_json(body: bytes):
         try:
-            return json.loads(body)
+            return json.loads(body.decode("utf-8"))  # strict: json.loads(bytes) would let encoded surrogates in
         except UnicodeDecodeError:
             raise SerializationError("The request body is not valid UTF-8")
         except RecursionError:
@@ -223,7 +225,7 @@ class RestJsonCodec:
                     raise ValueError(text)
                 return text.lower() == "true"
             if kind == "timestamp":
-                return parse_timestamp(text)
+                return _timestamp(text, shape.serialization.get("timestampFormat", "rfc822" if header else "iso8601"))
             if kind == "blob":
                 return base64.b64decode(text)
             if kind == "list" and header:
@@ -252,7 +254,7 @@ class RestJsonCodec:
             return {k: self._parse_json_value(v, shape.value, f"{where}.{k}") for k, v in value.items()}
         if kind == "timestamp" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             try:
-                return parse_timestamp(value)
+                return _timestamp(value, shape.serialization.get("timestampFormat", "unixTimestamp"))
             except (ValueError, TypeError, OverflowError):
                 raise SerializationError(f"{_ONE_ERROR}Value '{str(value)[:200]}' at '{where}' failed to satisfy "
                                          f"constraint: Member must be of type timestamp")
@@ -380,6 +382,14 @@ class RestJsonCodec:
         headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error.code,
                    "x-amzn-RequestId": request_id}
         return status, headers, json.dumps(body).encode()
+
+
+def _timestamp(value, fmt: str):
+    """A timestamp in the format the model names for it: an iso8601 one must be an RFC 3339 date-time
+    (botocore's parse_timestamp alone would also take epoch numbers and loose date forms)."""
+    if fmt == "iso8601" and not (isinstance(value, str) and _ISO8601.fullmatch(value)):
+        raise ValueError(f"not an ISO 8601 date-time: {value!r}")
+    return parse_timestamp(value)
 
 
 def dumps(value) -> bytes:

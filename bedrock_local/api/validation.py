@@ -127,6 +127,14 @@ class ServerParamValidator(ParamValidator):
     def _validate_boolean(self, param, shape, errors, name):
         pass
 
+    def _validate_blob(self, param, shape, errors, name):
+        # a blob arrives as bytes (base64-decoded from JSON, or the raw payload); anything else is the
+        # wrong type (botocore's own check reports it without the `expected` its message needs)
+        if not isinstance(param, (bytes, bytearray)):
+            errors.report(name, "invalid type", param=param, expected="blob (base64-encoded)")
+            return
+        self._check_size(name, len(param), f"blob of {len(param)} bytes", shape, errors, "length")
+
     def _validate_timestamp(self, param, shape, errors, name):
         pass
 

@@ -18,6 +18,7 @@ import datetime
 import itertools
 import json
 import logging
+import re
 import threading
 import time
 import traceback
@@ -86,6 +87,33 @@ def chunk_records() -> int:
 # 10,000-record job, chunks of 16-128 took ~1.0 s and chunks of 1,024 ~1.7 s, as more records alive at
 # once survive into older garbage-collector generations, whose collections walk the worker's whole heap.
 TEST_MODEL_CHUNK = 64
+
+
+class OversizedLine(bytes):
+    """The start of an input line longer than the record limit (its first `limit` bytes) and its size."""
+    size: int
+    limit: int
+    _RECORD_ID = re.compile(rb'"recordId"\s*:\s*"((?:[^"\\]|\\.){1,1000})"')
+
+    @classmethod
+    def skip_rest(cls, start: bytes, handle, limit: int) -> "OversizedLine":
+        size = len(start)
+        while chunk := handle.readline(1024 * 1024):  # the rest of the line, a piece at a time
+            size += len(chunk)
+            if chunk.endswith(b"\n"):
+                size -= 1
+                break
+        line = cls(start)
+        line.size, line.limit = size, limit
+        return line
+
+    def record_id(self) -> str | None:
+        """The line's recordId when its start shows one (the output line keeps it, as for any error)."""
+        found = self._RECORD_ID.search(self[:65536])
+        try:
+            return json.loads(b'"' + found.group(1) + b'"') if found else None
+        except ValueError:
+            return None
 
 
 def error_line(record: dict, code: int, message: str) -> dict:
@@ -310,16 +338,17 @@ class BatchInferenceHandler(Handler):
                 if not raw.strip():
                     continue
                 where = f"Line {number} of {entry['uri']}"
-                try:
-                    record = json.loads(raw)
-                except UnicodeDecodeError:
-                    raise ValidationFailed(f"{where} is not valid UTF-8.")
-                except ValueError as exc:
-                    raise ValidationFailed(f"{where} is not valid JSON: {exc}.")
-                if not isinstance(record, dict) or not isinstance(record.get("recordId"), str) \
-                        or not isinstance(record.get("modelInput"), dict):
-                    raise ValidationFailed(f'{where} must be a JSON object with a string "recordId" and an '
-                                           f'object "modelInput".')
+                if not isinstance(raw, OversizedLine):  # an oversized one is a record whose output is an error line
+                    try:
+                        record = json.loads(raw)
+                    except UnicodeDecodeError:
+                        raise ValidationFailed(f"{where} is not valid UTF-8.")
+                    except ValueError as exc:
+                        raise ValidationFailed(f"{where} is not valid JSON: {exc}.")
+                    if not isinstance(record, dict) or not isinstance(record.get("recordId"), str) \
+                            or not isinstance(record.get("modelInput"), dict):
+                        raise ValidationFailed(f'{where} must be a JSON object with a string "recordId" and an '
+                                               f'object "modelInput".')
                 count += 1
                 if count > settings.batch_max_records_per_file:
                     most = settings.batch_max_records_per_file
@@ -356,8 +385,15 @@ class BatchInferenceHandler(Handler):
 
     @staticmethod
     def _lines(ctx: JobContext, loc: S3Location):
+        """(line number, bytes) of each line; a line longer than --batch-max-record-bytes comes as an
+        OversizedLine (its start and its size), never read into memory whole."""
+        limit = ctx.settings.batch_max_record_bytes
         with ctx.objects.open_read(loc) as handle:
-            for number, raw in enumerate(handle, 1):
+            number = 0
+            while raw := handle.readline(limit + 1):
+                number += 1
+                if len(raw) > limit and not raw.endswith(b"\n"):
+                    raw = OversizedLine.skip_rest(raw, handle, limit)
                 yield number, raw
 
     # ---- processing ----------------------------------------------------------------------
@@ -465,6 +501,11 @@ class BatchInferenceHandler(Handler):
                 continue
             seen += 1
             if seen <= skip:
+                continue
+            if isinstance(raw, OversizedLine):
+                yield {"recordId": raw.record_id(), "modelInput": None,
+                       "_error": f"Line {number} is {raw.size} bytes, longer than the {raw.limit} bytes a record "
+                                 f"may have (--batch-max-record-bytes)."}
                 continue
             try:
                 record = json.loads(raw)

@@ -13,6 +13,8 @@ recorded before it deleted. A job taken back after a crash resumes from the reco
 When the job ends (Completed, Failed or Stopped) its checkpoints are deleted."""
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -33,7 +35,7 @@ from bedrock_local.jobs.worker import Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.storage import ObjectStore, S3Location, StorageError
 from bedrock_local.storage.folder import TMP_PREFIX, FolderStore
 from bedrock_local.store import resources
-from bedrock_local.store.resources import Scope, new_id, utcnow
+from bedrock_local.store.resources import Scope, utcnow
 from bedrock_local.store.schema import Resource
 
 MODEL_KIND = "custom-model"
@@ -41,12 +43,23 @@ VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation/va
 TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
 MANIFEST = "manifest.json"  # the last object of a checkpoint in the store: it is complete once this exists
 STOP_POLL_SECONDS = 0.2  # how often should_stop() may read the job's status itself
+# A fixed checkpoint spacing, in optimizer steps, instead of the one measured from their cost
+# (a worker's environment; tests use it to know where a job can be resumed from)
+CHECKPOINT_STEPS_ENV = "BEDROCK_LOCAL_CHECKPOINT_STEPS"
 
 log = logging.getLogger("bedrock_local.customization")
 
 
 class CustomizationFailed(Exception):
     pass
+
+
+def output_model_id(job_arn: str) -> str:
+    """The id of the custom model a job makes: derived from the job, 12 characters of [a-z0-9] like
+    any resource id, so a publish repeated after a crash writes over its own first try."""
+    number = int.from_bytes(hashlib.sha256(f"customization-output/{job_arn}".encode()).digest()[:16], "big")
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(alphabet[(number // 36 ** i) % 36] for i in range(12))
 
 
 def _phase(job: Resource, phase: str, status: str, at: str | None = None) -> dict:
@@ -239,6 +252,8 @@ class CustomizationHandler(Handler):
                 raise JobStopped()
             body, job_id, account, region = dict(job.body), job.resource_id, job.account, job.region
         config, _ = training.parse_hyperparameters(body["hyperParameters"], body["customizationType"])
+        if os.environ.get(CHECKPOINT_STEPS_ENV):
+            config = dataclasses.replace(config, checkpoint_steps=int(os.environ[CHECKPOINT_STEPS_ENV]))
         self._set_phase(ctx, "validationDetails", "InProgress")
         foundation = find_foundation_model(body["_foundationModelId"])
         if foundation is None or body["customizationType"] not in foundation.customizations_supported:
@@ -384,7 +399,7 @@ class CustomizationHandler(Handler):
             account, region, body, job_id = job.account, job.region, dict(job.body), job.resource_id
             if job.status == "Stopping":  # a Stop that came in after the last step: no model
                 raise JobStopped()
-        model_id = new_id()
+        model_id = output_model_id(job.arn)  # the same in a retry after a crash: no second copy is left behind
         target = model_location(ctx.settings, account, region, model_id)
         files = {}
         for file in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -392,9 +407,6 @@ class CustomizationHandler(Handler):
             files[name] = {"size": file.stat().st_size, "sha256": sha256_of(file)}
             store_file(ctx.objects, target.join(*name.split("/")), file)  # the work folder goes next
         write_manifest(ctx.objects, target, files)
-        # Nothing resumes the job now: its checkpoints go before it is seen Completed (a crash right
-        # here costs a retry from step 0, as a lost checkpoint would).
-        self._discard_work(ctx, account, region, job_id)
         validation_metrics = [{"validationLoss": result.validation_loss}] if result.validation_loss is not None else []
         with ctx.session() as session:
             job = ctx.resource(session)
@@ -422,6 +434,9 @@ class CustomizationHandler(Handler):
             move(job, "Completed", outputModelArn=model_arn, endTime=ended,
                  trainingMetrics={"trainingLoss": result.training_loss}, validationMetrics=validation_metrics,
                  statusDetails=_phase(job, "trainingDetails", "Completed", at=ended))
+        # Only once it is Completed: a crash before this point resumes from the last checkpoint (and
+        # publishes to the same model id again); one after it leaves them to `ended`.
+        self._discard_work(ctx, account, region, job_id)
 
     # ---- endings -------------------------------------------------------------------------
     @staticmethod
@@ -435,6 +450,10 @@ class CustomizationHandler(Handler):
                 _delete_checkpoint(ctx.objects, root.join(name + "/"))
         except StorageError as exc:
             log.warning("job %s: its checkpoints under %s were not deleted: %s", job_id, root.uri, exc)
+
+    def ended(self, ctx: JobContext, resource: Resource) -> None:
+        """The job ended but its worker was lost before cleaning up: delete what it left."""
+        self._discard_work(ctx, resource.account, resource.region, resource.resource_id)
 
     def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None:
         self._discard_work(ctx, resource.account, resource.region, resource.resource_id)

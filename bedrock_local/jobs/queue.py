@@ -16,6 +16,11 @@ from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import Job, Resource
 
 
+# Key the worker adds to a saved checkpoint: the attempt that saved it. The attempts after it that
+# were lost before saving another are the job's interruptions in a row (worker.MAX_ATTEMPTS).
+SAVED_IN_ATTEMPT = "_savedInAttempt"
+
+
 @dataclass(frozen=True)
 class Claim:
     job_pk: int

@@ -24,7 +24,9 @@ from bedrock_local.store.schema import Resource
 
 log = logging.getLogger("bedrock_local.worker")
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3  # interruptions in a row without a new checkpoint before a job ends Failed
+RESPAWN_DELAY_SECONDS = (0.5, 30.0)  # a worker that died is started again after 0.5 s, doubling to 30 s while
+# each one dies within a minute of its start
 
 
 class LeaseLost(Exception):
@@ -73,8 +75,11 @@ class JobContext:
             raise JobStopped()
 
     def save_checkpoint(self, checkpoint: dict) -> None:
+        """Record where a resumed job starts; it also tells the queue that this attempt made progress
+        (queue.SAVED_IN_ATTEMPT), so interruptions are counted from here on."""
         with self.session() as session:
-            queue.save_checkpoint(session, self.claim.job_pk, self.worker_id, checkpoint)
+            queue.save_checkpoint(session, self.claim.job_pk, self.worker_id,
+                                  {**checkpoint, queue.SAVED_IN_ATTEMPT: self.claim.attempts})
         self.checkpoint = checkpoint
 
     @contextlib.contextmanager
@@ -104,6 +109,10 @@ class Handler(abc.ABC):
 
     def stopped(self, ctx: JobContext, session, resource: Resource) -> None:
         self.fail(ctx, session, resource, "The job was stopped.")
+
+    def ended(self, ctx: JobContext, resource: Resource) -> None:
+        """A worker took back a job whose resource had already ended (the last worker was lost right
+        after ending it): clean up what that worker would have. Nothing by default."""
 
 
 def handlers() -> dict[str, Handler]:
@@ -144,21 +153,32 @@ class Worker:
 
     def _run(self, claim: queue.Claim) -> None:
         handler = self.handlers[claim.kind]
-        ctx = JobContext(self.db, self.objects, self.settings, claim, self.worker_id, dict(claim.checkpoint or {}))
+        checkpoint = dict(claim.checkpoint or {})
+        progress_attempt = checkpoint.pop(queue.SAVED_IN_ATTEMPT, 0)
+        ctx = JobContext(self.db, self.objects, self.settings, claim, self.worker_id, checkpoint)
         with self.db.read_session() as session:
             resource = session.get(Resource, claim.resource_pk)
-            if resource is None or is_final(resource):
-                self._end(ctx, None)
-                return
-        if claim.attempts > MAX_ATTEMPTS:
+        if resource is None or is_final(resource):
+            if resource is not None:
+                handler.ended(ctx, resource)
+            self._end(ctx, None)
+            return
+        # Attempts after the one that saved the last checkpoint were all lost (their worker was killed
+        # or crashed) before saving another: a job that keeps killing its worker at one point ends here,
+        # while one that gets further between interruptions is resumed as often as it takes.
+        interrupted = claim.attempts - 1 - progress_attempt
+        if interrupted >= MAX_ATTEMPTS:
+            since = "since its last checkpoint" if progress_attempt else "before its first checkpoint"
             self._end(ctx, lambda s, r: handler.fail(
-                ctx, s, r, f"The job was interrupted {claim.attempts - 1} times (worker lost) and was not retried again."))
+                ctx, s, r, f"The job was interrupted {interrupted} times in a row {since} (its worker was lost: "
+                           f"killed or crashed while running it) and was not retried again."))
             return
         beat = threading.Thread(target=self._heartbeat, args=(ctx,), daemon=True)
         beat.start()
         try:
             handler.run(ctx)
-            self._end(ctx, None)
+            self._end(ctx, lambda s, r: handler.fail(
+                ctx, s, r, f"The job ended in status {r.status} without a result (an internal error)."))
         except LeaseLost:
             log.warning("job %s: lease lost, leaving it to its new owner", claim.job_pk)
         except JobStopped:
@@ -177,6 +197,8 @@ class Worker:
                 log.warning("job %s: lease lost before it ended, leaving it to its new owner", ctx.claim.job_pk)
                 return
             resource = session.get(Resource, ctx.resource_pk)
+            # the job row is done in the same transaction as the resource's last move: never one
+            # without the other, so no resource is left in a running status with nothing to run it
             if record is not None and resource is not None and not is_final(resource):
                 record(session, resource)
 
@@ -218,18 +240,79 @@ def threads_per_worker(count: int) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // max(1, count))
 
 
-def start_worker_processes(settings: Settings, count: int) -> list[multiprocessing.Process]:
+class _Respawner(threading.Thread):
+    """Starts a worker process of `serve` again when it dies (killed, out of memory, crashed: any exit
+    but a clean one), so a server keeps its --workers; the job it held is taken over by whichever
+    worker claims it once its lease runs out. Replacements go into the same list slot, so
+    stop_worker_processes stops them too. Replacements that die within a minute of their start wait
+    longer each time (RESPAWN_DELAY_SECONDS)."""
+
+    def __init__(self, processes: list, start_one):
+        super().__init__(name="bedrock-local-worker-respawner", daemon=True)
+        self.processes, self.start_one = processes, start_one
+        self.slots = len(processes)
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.young_deaths = [0] * self.slots  # deaths in a row within a minute of the start
+        self.started = [time.monotonic()] * self.slots
+        self.due: list[float | None] = [None] * self.slots
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.5):
+            for index in range(self.slots):
+                with self.lock:
+                    if self.stopping.is_set():
+                        return
+                    self._check(index)
+
+    def _check(self, index: int) -> None:
+        process = self.processes[index]
+        if not process.exitcode:  # alive, or it stopped as asked (SIGTERM to the whole process group)
+            return
+        now = time.monotonic()
+        if self.due[index] is None:
+            young = now - self.started[index] < 60
+            self.young_deaths[index] = self.young_deaths[index] + 1 if young else 0
+            delay = min(RESPAWN_DELAY_SECONDS[0] * 2 ** max(0, self.young_deaths[index] - 1), RESPAWN_DELAY_SECONDS[1])
+            self.due[index] = now + delay
+            log.warning("worker process %s (pid %s) ended with exit code %s; starting another in %.1f s",
+                        process.name, process.pid, process.exitcode, delay)
+            return
+        if now >= self.due[index]:
+            self.processes[index] = self.start_one(index)
+            self.started[index], self.due[index] = time.monotonic(), None
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopping.set()
+
+
+_respawners: list[_Respawner] = []
+
+
+def start_worker_processes(settings: Settings, count: int, respawn: bool = True) -> list[multiprocessing.Process]:
+    """Start `count` worker processes of this server; with `respawn`, one that dies is started again
+    until stop_worker_processes is called."""
     context = multiprocessing.get_context("spawn")
-    processes = []
-    for index in range(count):
+
+    def start_one(index: int) -> multiprocessing.Process:
         process = context.Process(target=worker_main, args=(settings, threads_per_worker(count), os.getpid()),
                                   name=f"bedrock-local-worker-{index}", daemon=True)
         process.start()
-        processes.append(process)
+        return process
+
+    processes = [start_one(index) for index in range(count)]
+    if respawn and count:
+        respawner = _Respawner(processes, start_one)
+        _respawners.append(respawner)
+        respawner.start()
     return processes
 
 
 def stop_worker_processes(processes: list[multiprocessing.Process], timeout: float = 10.0) -> None:
+    for respawner in [r for r in _respawners if r.processes is processes]:
+        respawner.stop()
+        _respawners.remove(respawner)
     for process in processes:
         if process.is_alive():
             process.terminate()

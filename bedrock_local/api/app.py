@@ -21,6 +21,7 @@ from bedrock_local.api.codec import RestJsonCodec, UnknownOperation, dumps
 from bedrock_local.api.identity import Accounts
 from bedrock_local.api.openapi import openapi_document
 from bedrock_local.api.validation import validation_message
+from bedrock_local.console.web import PREFIX as CONSOLE_PREFIX, Console
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import BedrockError, InternalServerException, ValidationException
 from bedrock_local.service.registry import load_operations
@@ -58,6 +59,7 @@ class BedrockApi:
         self.accounts = Accounts(settings.default_account, settings.default_region, settings.credentials_file)
         self.max_body_bytes = settings.max_request_bytes
         self._openapi: bytes | None = None
+        self.console = Console(self)
         self.metrics = metrics.RequestMetrics(db)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -69,6 +71,8 @@ class BedrockApi:
                 response = await self.metrics_response()
             elif scope["path"] == OPENAPI_PATH and scope["method"] in ("GET", "HEAD"):
                 response = self.openapi_response()
+            elif scope["path"] == CONSOLE_PREFIX or scope["path"].startswith(CONSOLE_PREFIX + "/"):
+                response = await self.console.handle(Request(scope, receive), new_request_id())
             else:
                 response = await self.handle(Request(scope, receive))
             await response(scope, receive, send)
@@ -133,8 +137,9 @@ class BedrockApi:
         body = await self._read_body(request)
         # the caller is verified first, as on AWS: an unsigned request gets the auth error, not a routing
         # or validation one (the body is read first: its hash is part of the signature)
-        caller = self.accounts.authenticate(request.method, raw_path.split("?", 1)[0], query_string, headers,
-                                            request.scope["headers"], body)
+        # (a console page's request carries its session cookie instead of a signature: console/session.py)
+        caller = self.console.caller(headers, query_string) or self.accounts.authenticate(
+            request.method, raw_path.split("?", 1)[0], query_string, headers, request.scope["headers"], body)
         codec, op, labels = self._route(request.method, raw_path.split("?", 1)[0])
         matched[0] = codec
         request.scope["bedrock_local.operation"] = op.name  # for the metrics

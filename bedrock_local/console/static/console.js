@@ -192,9 +192,9 @@ function failure(message) {
 }
 
 // ---- loss curves (inline SVG) --------------------------------------------------------------------
-function lossChart(series) {
+function lossChart(series, latest) {
   const width = 720, height = 300, left = 64, right = 16, top = 16, bottom = 44;
-  const points = series.flatMap((one) => one.points);
+  const points = series.flatMap((one) => one.points).concat(latest ? [latest] : []);
   const chart = s("svg", {class: "loss-chart", viewBox: `0 0 ${width} ${height}`, width, height,
                           role: "img", "aria-label": "training and validation loss by step"});
   if (!points.length) {
@@ -228,6 +228,11 @@ function lossChart(series) {
     axes.appendChild(s("text", {x: x(step), y: height - bottom + 16, "text-anchor": "middle"}, step));
   }
   chart.appendChild(axes);
+  if (latest && !series[0].points.length) {
+    chart.appendChild(s("g", {class: "series training", "data-series": "training-live"},
+                        s("circle", {class: "live", cx: x(latest.step).toFixed(1), cy: y(latest.loss).toFixed(1), r: 4},
+                          s("title", {}, `latest step ${latest.step} (epoch ${latest.epoch}): loss ${latest.loss}`))));
+  }
   series.forEach((one, index) => {
     if (!one.points.length) return;
     const group = s("g", {class: `series ${one.name}`, "data-series": one.name, "data-points": one.points.length});
@@ -237,6 +242,12 @@ function lossChart(series) {
                           s("title", {}, `${one.name} step ${p.step} (epoch ${p.epoch}): loss ${p.loss}`)));
     }
     chart.appendChild(group);
+    if (one.name === "training" && latest) {  // not written to the metrics file yet: a hollow point
+      const last = one.points[one.points.length - 1];
+      group.appendChild(s("line", {class: "live", x1: x(last.step), y1: y(last.loss), x2: x(latest.step), y2: y(latest.loss)}));
+      group.appendChild(s("circle", {class: "live", cx: x(latest.step).toFixed(1), cy: y(latest.loss).toFixed(1), r: 4},
+                          s("title", {}, `latest step ${latest.step} (epoch ${latest.epoch}): loss ${latest.loss}`)));
+    }
     chart.appendChild(s("g", {class: `legend ${one.name}`},
                         s("rect", {x: width - right - 150, y: top + index * 18, width: 12, height: 12}),
                         s("text", {x: width - right - 132, y: top + index * 18 + 11}, `${one.name} (${one.points.length})`)));
@@ -355,6 +366,11 @@ async function batchPage(arn) {
 async function customizationPage(arn) {
   const [job, metrics] = await Promise.all([bedrock.getCustomizationJob(arn), trainingMetrics(arn, true)]);
   const series = [{name: "training", points: metrics.training || []}, {name: "validation", points: metrics.validation || []}];
+  // The metrics file is rewritten at each checkpoint; while the job trains, its latest step is drawn too.
+  const live = metrics.progress, written = series[0].points;
+  const latest = job.status === "InProgress" && live && live.trainingLoss !== undefined
+    && (!written.length || live.step > written[written.length - 1].step)
+    ? {step: live.step, epoch: live.epoch, loss: live.trainingLoss} : null;
   const phases = job.statusDetails || {};
   return [
     jobHeader("Customization job", job, job.jobName),
@@ -366,7 +382,7 @@ async function customizationPage(arn) {
         phases[phase] ? h("span", {class: "phase"}, phase.replace("Details", ""), " ", badge(phases[phase].status)) : "")),
       job.failureMessage ? h("p", {class: "failure", id: "job-message"}, job.failureMessage) : "",
       job.outputModelArn ? h("p", {}, "Custom model: ", modelLink(job.outputModelArn)) : ""),
-    section("Loss", "loss", lossChart(series),
+    section("Loss", "loss", lossChart(series, latest),
             [metrics.trainingError, metrics.validationError].filter(Boolean).map((e) => h("p", {class: "failure"}, e))),
     outputs([["Output folder", metrics.outputUri], ["Training metrics", (metrics.training || []).length ? metrics.trainingMetricsUri : ""],
              ["Validation metrics", (metrics.validation || []).length ? metrics.validationMetricsUri : ""],

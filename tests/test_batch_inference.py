@@ -622,13 +622,14 @@ def test_stop_before_start_and_expired(make_server):
 
 
 def test_timeout_ends_partially_completed(make_server):
-    server = make_server(unique("timeout"), extra_args=("--job-hour-seconds", "0.2"))  # 24 hours = 4.8 s
+    # 24 hours = 12 s; the warm-up job's 168 hours = 84 s, time enough to load MiniLM on a busy machine
+    server = make_server(unique("timeout"), extra_args=("--job-hour-seconds", "0.5"))
     client = server.client()
     server.folder(OUT_BUCKET)
     warm = create_job(client, EMBED_MODEL, put_input(server, {"a.jsonl": sentences(1)}), timeoutDurationInHours=168)
     assert wait_final(client, warm, timeout=60)["status"] == "Completed"  # the model is loaded now
 
-    total = 2560  # forty chunks of 64: far more than 4.8 s of work
+    total = 12800  # two hundred chunks of 64: far more than 12 s of work
     uri = put_input(server, {"long.jsonl": sentences(total)})
     arn = create_job(client, EMBED_MODEL, uri, timeoutDurationInHours=24)
     job, seen = watch(client, arn, timeout=60)

@@ -113,29 +113,34 @@ def test_jobs_by_type_and_status_and_the_records_and_tokens_they_processed(serve
         assert delta("bedrock_local_batch_tokens_total", direction=direction) == manifest[count] + 2 + 3
 
 
-def test_training_steps_and_other_resources_are_read_from_the_database(server):
-    """Workers write a customization job's progress into its row (`_progress`, jobs/customization.py):
-    /metrics sums what the rows say, whichever process wrote them. Here the row is written as a
-    training worker writes it, into the server's own database."""
-    from bedrock_local.store import resources
-    from bedrock_local.store.database import open_database
-
+@pytest.mark.timeout(1200)  # a real LoRA run on the packaged SmolLM2: minutes on a busy 2-core machine
+def test_training_steps_of_a_real_customization_job_are_counted(server):
+    """A real fine-tuning job (LoRA on the packaged SmolLM2, 4 lines, batch 2: two optimizer steps) runs
+    in a worker process; /metrics, read in the API process, counts its steps and its status from what
+    the worker wrote into the job's row."""
     before = scrape(server)
-    db = open_database(f"sqlite:///{(server.data_dir / 'bedrock-local.db').resolve()}", migrate=False)
-    try:
-        with db.session() as session, session.begin():
-            for steps, status in ((7, "InProgress"), (30, "Completed")):
-                job_id = uuid.uuid4().hex[:12]
-                resources.insert(session, kind="model-customization-job", account="123456789012", region="us-east-1",
-                                 resource_id=job_id, name=f"metrics-ft-{job_id}", status=status,
-                                 arn=f"arn:aws:bedrock:us-east-1:123456789012:model-customization-job/x.y/{job_id}",
-                                 body={"_progress": {"step": steps, "epoch": 1.0, "trainingLoss": 1.5}})
-    finally:
-        db.dispose()
+    prefix = f"train-{uuid.uuid4().hex[:8]}"
+    folder = server.folder("metrics-input") / prefix
+    folder.mkdir(parents=True)
+    server.folder("metrics-output")
+    (folder / "train.jsonl").write_text("".join(
+        json.dumps({"prompt": f"What is the code word {n}?", "completion": "The code word is zorblax."}) + "\n"
+        for n in range(4)))
+    client = server.client()
+    arn = client.create_model_customization_job(
+        jobName=f"metrics-ft-{uuid.uuid4().hex[:8]}", customModelName=f"metrics-model-{uuid.uuid4().hex[:8]}",
+        roleArn="arn:aws:iam::123456789012:role/customization", baseModelIdentifier="huggingface.smollm2-135m-instruct-v1:0",
+        trainingDataConfig={"s3Uri": f"s3://metrics-input/{prefix}/"},
+        outputDataConfig={"s3Uri": "s3://metrics-output/training/"},
+        hyperParameters={"epochCount": "1", "batchSize": "2", "loraRank": "4", "loraAlpha": "16", "loraDropout": "0",
+                         "learningRate": "0.003", "maxSequenceLength": "64"})["jobArn"]
+    job = wait_until(lambda: (lambda j: j if j["status"] in ("Completed", "Failed", "Stopped") else None)(
+        client.get_model_customization_job(jobIdentifier=arn)), timeout=1100, interval=1, what="the training job to end")
+    assert job["status"] == "Completed", job.get("failureMessage")
     after = scrape(server)
-    assert value(after, "bedrock_local_training_steps_total") - value(before, "bedrock_local_training_steps_total") == 37
-    assert value(after, "bedrock_local_jobs", type="customization", status="InProgress") == \
-        value(before, "bedrock_local_jobs", type="customization", status="InProgress") + 1
+    assert value(after, "bedrock_local_training_steps_total") - value(before, "bedrock_local_training_steps_total") == 2
     assert value(after, "bedrock_local_jobs", type="customization", status="Completed") == \
         value(before, "bedrock_local_jobs", type="customization", status="Completed") + 1
+    assert value(after, "bedrock_local_custom_models", status="Active") == \
+        value(before, "bedrock_local_custom_models", status="Active") + 1  # the job's output model
     assert ("process_cpu_seconds_total", frozenset()) in after  # the API process's own figures

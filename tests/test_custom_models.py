@@ -11,6 +11,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import s3_client, upload_folder, wait_until
@@ -275,6 +276,22 @@ def test_invalid_model_name_is_a_validation_error(bedrock, empty_prefix):
     with pytest.raises(bedrock.exceptions.ValidationException) as excinfo:
         create_import(bedrock, "bad name!", empty_prefix)
     assert "modelName" in excinfo.value.response["Error"]["Message"]
+
+
+@pytest.mark.parametrize("source, says", [
+    ({}, "modelSourceConfig is required"),
+    ({"customModelDataSource": {"modelPackageArnDataSource": {
+        "modelPackageArn": "arn:aws:sagemaker:us-east-1:123456789012:model-package/pkg/1"}}},
+     "customModelDataSource (a SageMaker AI model package) is not supported"),
+])
+def test_a_model_source_is_needed(server, source, says):
+    """botocore 1.44's model makes modelSourceConfig optional beside customModelDataSource: sent raw
+    (an older boto3 would refuse it client-side), a create without an S3 source is a ValidationException."""
+    name = unique("nosource")
+    response = httpx.post(f"{server.url}/custom-models/create-custom-model", timeout=30,
+                          json={"modelName": name, "roleArn": f"arn:aws:iam::{ACCOUNT}:role/import", **source})
+    assert response.status_code == 400 and response.headers["x-amzn-ErrorType"].startswith("ValidationException")
+    assert says in response.json()["message"]
 
 
 # ------------------------------------------------------------------------------------------

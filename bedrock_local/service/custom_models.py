@@ -9,7 +9,7 @@ from bedrock_local.service.common import (find_in_scope, Pager, creation_time_fi
                                           make_arn, new_id, public, request_hash)
 from bedrock_local.service.buckets import s3_location
 from bedrock_local.service.context import Context
-from bedrock_local.service.errors import ConflictException
+from bedrock_local.service.errors import ConflictException, ValidationException
 from bedrock_local.service.quotas import check_count
 from bedrock_local.service.registry import operation
 from bedrock_local.storage import S3Location
@@ -34,6 +34,15 @@ def describe(resource: Resource) -> dict:
 
 @operation("CreateCustomModel")
 def create_custom_model(ctx: Context, params: dict) -> dict:
+    # Newer service models make modelSourceConfig optional beside customModelDataSource (a SageMaker AI
+    # model package, which this server cannot reach): one of the two is still needed.
+    if "modelSourceConfig" not in params:
+        if params.get("customModelDataSource"):
+            raise ValidationException(
+                "customModelDataSource (a SageMaker AI model package) is not supported by bedrock-local: "
+                "import the model from S3 with modelSourceConfig.s3DataSource.s3Uri.")
+        raise ValidationException("modelSourceConfig is required: give the S3 folder of the model to import in "
+                                  "modelSourceConfig.s3DataSource.s3Uri.")
     source = s3_location(ctx, params["modelSourceConfig"]["s3DataSource"]["s3Uri"],
                          "modelSourceConfig.s3DataSource.s3Uri")
     with ctx.db.session() as session, session.begin():

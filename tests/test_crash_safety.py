@@ -69,9 +69,10 @@ def job_id(arn: str) -> str:
 
 
 def make(tmp_path: Path, name: str, workers: int = 1, env: dict | None = None) -> Server:
-    """A server on the embedded defaults with a 2 s lease and no serving process (no runtime here)."""
-    return Server(tmp_path / name, workers=workers, lease_seconds=2, extra_args=("--serving-workers", "0"),
-                  env=env).start()
+    """A server on the embedded defaults with a 2 s lease, no serving process (no runtime here) and room
+    for a batch job of 120,000 records (AWS's quota is 50,000)."""
+    return Server(tmp_path / name, workers=workers, lease_seconds=2, env=env,
+                  extra_args=("--serving-workers", "0", "--batch-max-records", "200000")).start()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -243,8 +244,10 @@ def test_batch_on_the_test_model_survives_repeated_kill_9(tmp_path, servers):
     client = server.client()
     server.folder(OUT)
     # many files: the end of each is a checkpoint, so the job advances in small steps between kills
-    files = {f"part-{i:02d}.jsonl": llama_records(f"p{i:02d}-", 2000) for i in range(11)}
-    files["nested/last.jsonl"] = llama_records("last-", 2000)
+    # 120,000 records: on a quiet machine the test model runs ~10,000 a second, so even the last kill
+    # (after three shares of 10-25% of what was left) still has seconds of work in front of it
+    files = {f"part-{i:02d}.jsonl": llama_records(f"p{i:02d}-", 2500) for i in range(47)}
+    files["nested/last.jsonl"] = llama_records("last-", 2500)
     total = sum(len(r) for r in files.values())
     arn = create_batch(client, TEST_MODEL, put_input(server, files))
     # the first kill at a random moment right after a worker took the job (while it validates or
@@ -460,13 +463,14 @@ def test_a_killed_worker_is_replaced_and_its_job_taken_over(tmp_path, servers):
     servers.append(server)
     client = server.client()
     server.folder(OUT)
-    files = {"w.jsonl": llama_records("w", 16000)}
+    total = 120_000  # ~12 s of the test model's work on a quiet machine: the kill lands well before the end
+    files = {f"w{i}.jsonl": llama_records(f"w{i}-", total // 6) for i in range(6)}  # 20,000 a file: AWS's per-file quota is 50,000
     arn = create_batch(client, TEST_MODEL, put_input(server, files))
     wait_until(lambda: processed(server, arn) >= 3000, timeout=120, interval=0.02, what="3000 records processed")
     owner = job_row(server, arn).lease_owner
     os.kill(worker_pid(owner), signal.SIGKILL)
     KILLS["batch (worker only)"] = KILLS.get("batch (worker only)", 0) + 1
-    assert processed(server, arn) < 16000
+    assert processed(server, arn) < total
     job = wait_batch(client, arn)
     assert job["status"] == "Completed", job
     check_batch_output(server, job, files, answer=reversed_words)

@@ -211,10 +211,18 @@ def free_port() -> int:
 
 
 @functools.cache
+def _serve_help() -> str:
+    return subprocess.run([sys.executable, "-m", "bedrock_local.cli", "serve", "--help"], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+
+
+def _serve_has_option(option: str) -> bool:
+    """Whether this checkout's `serve` takes `option` (the benchmark also runs against older ones)."""
+    return option in _serve_help()
+
+
 def _serve_has_serving_workers() -> bool:
-    help_text = subprocess.run([sys.executable, "-m", "bedrock_local.cli", "serve", "--help"], capture_output=True,
-                               text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
-    return "--serving-workers" in help_text
+    return _serve_has_option("--serving-workers")
 
 
 class Server:
@@ -235,6 +243,8 @@ class Server:
         command = [sys.executable, "-m", "bedrock_local.cli", "serve", "--workers", "0", "--port", str(self.port),
                    "--data-dir", str(self.data_dir), "--credentials-file", str(self.credentials),
                    "--log-level", "warning"]
+        if _serve_has_option("--quota"):
+            command += ["--quota", "all=unlimited"]  # 100 jobs queued through the API: past AWS's 2 scheduled ones
         if self.database_url:
             command += ["--database-url", self.database_url]
         if _serve_has_serving_workers():

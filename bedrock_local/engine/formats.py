@@ -259,6 +259,28 @@ def _list(value: Any, where: str, what: str = "a list") -> list:
     return value
 
 
+def _turns(raw: list, where: str):
+    """(index, where, message, role) of each chat message, checked as Anthropic Messages and Converse
+    both want them: an object of role and content, roles 'user' first and then alternating."""
+    for i, message in enumerate(raw):
+        here = f"{where}.messages[{i}]"
+        message = _object(message, here)
+        _no_unknown_keys(message, ("role", "content"), here)
+        for key in ("role", "content"):
+            if key not in message:
+                raise FormatError(f"{here}.{key} is required")
+        role = message["role"]
+        if role not in ("user", "assistant"):
+            raise FormatError(f"{here}.role must be 'user' or 'assistant', got {_show(role)}")
+        expected = "user" if i % 2 == 0 else "assistant"
+        if role != expected:
+            raise FormatError(
+                f"{here}.role must be {expected!r}, got {role!r}: messages must start with 'user' "
+                "and alternate between 'user' and 'assistant'"
+            )
+        yield i, here, message, role
+
+
 def _strings(value: Any, where: str, max_count: int | None) -> list[str]:
     """A list of non-empty strings (stop sequences)."""
     items = _list(value, where, "a list of strings")
@@ -440,22 +462,7 @@ def _parse_anthropic(body: dict, where: str) -> InvokeRequest:
     if not raw:
         raise FormatError(f"{where}.messages must hold at least one message")
     messages = []
-    for i, message in enumerate(raw):
-        here = f"{where}.messages[{i}]"
-        message = _object(message, here)
-        _no_unknown_keys(message, ("role", "content"), here)
-        for key in ("role", "content"):
-            if key not in message:
-                raise FormatError(f"{here}.{key} is required")
-        role = message["role"]
-        if role not in ("user", "assistant"):
-            raise FormatError(f"{here}.role must be 'user' or 'assistant', got {_show(role)}")
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role != expected:
-            raise FormatError(
-                f"{here}.role must be {expected!r}, got {role!r}: messages must start with 'user' "
-                "and alternate between 'user' and 'assistant'"
-            )
+    for i, here, message, role in _turns(raw, where):
         last_assistant = role == "assistant" and i == len(raw) - 1  # a prefill may be empty
         text = _anthropic_text(message["content"], f"{here}.content", may_be_empty=last_assistant)
         messages.append({"role": role, "content": text})
@@ -939,22 +946,7 @@ def parse_converse_body(body: Any, where: str = "modelInput") -> TextRequest:
     if not raw_messages:
         raise FormatError(f"{where}.messages must hold at least one message")
     messages = []
-    for i, message in enumerate(raw_messages):
-        here = f"{where}.messages[{i}]"
-        message = _object(message, here)
-        _no_unknown_keys(message, ("role", "content"), here)
-        for key in ("role", "content"):
-            if key not in message:
-                raise FormatError(f"{here}.{key} is required")
-        role = message["role"]
-        expected = "user" if i % 2 == 0 else "assistant"
-        if role not in ("user", "assistant"):
-            raise FormatError(f"{here}.role must be 'user' or 'assistant', got {_show(role)}")
-        if role != expected:
-            raise FormatError(
-                f"{here}.role must be {expected!r}, got {role!r}: messages must start with 'user' "
-                "and alternate between 'user' and 'assistant'"
-            )
+    for _i, here, message, role in _turns(raw_messages, where):
         content = message["content"]
         if isinstance(content, list) and not content:
             raise FormatError(f"{here}.content must hold at least one content block")

@@ -37,6 +37,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-aliases", type=Path,
                         help="JSON file mapping AWS model ids to packaged models, added to the default map "
                              "(see the README, 'Model aliases')")
+    parser.add_argument("--batch-shard-records", type=int, default=10_000,
+                        help="records per shard of a batch inference job; a larger job is split into shards that "
+                             "every worker process on the same database may claim (default 10000)")
     parser.add_argument("--log-level", default="info")
 
 
@@ -54,7 +57,8 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
                     model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, cache_root=args.cache_dir,
                     batch_min_records=args.batch_min_records, batch_max_records=args.batch_max_records,
                     batch_max_records_per_file=args.batch_max_records_per_file, hour_seconds=args.job_hour_seconds,
-                    model_aliases=args.model_aliases, batch_max_record_bytes=args.batch_max_record_bytes, **extra)
+                    model_aliases=args.model_aliases, batch_max_record_bytes=args.batch_max_record_bytes,
+                    batch_shard_records=max(1, args.batch_shard_records), **extra)
 
 
 def _open_stores(settings: Settings):

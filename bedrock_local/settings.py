@@ -37,6 +37,9 @@ class Settings:
     quotas: dict = field(default_factory=dict)
     # how many seconds count as one hour for job timeouts and expiry (3600; tests shorten it)
     hour_seconds: float = 3600.0
+    # records per shard of a batch inference job: a job with more is split into shards that every worker
+    # process (of any host on the same database) may claim (jobs/shards.py)
+    batch_shard_records: int = 10_000
 
     @property
     def resolved_database_url(self) -> str:

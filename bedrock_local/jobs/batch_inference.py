@@ -12,9 +12,28 @@ records that fail with a chosen error (`faults.errors` by record number in the j
 `[[fault:NAME]]` in the record), and a job that fails, stops or times out after N records
 (`faults.job`) or right before a record that says `[[fault:job-ACTION]]`; the records before that
 point are flushed first, as for a real Stop or timeout.
+
+A job of more records than --batch-shard-records is split into shards (jobs/shards.py): record ranges,
+found while validating (the byte offset of each shard's first record), that every worker process may
+claim. Each shard writes its lines to a part object of its own in the model bucket
+(`batch-shards/<account>/<job id>/`, not in the user's output) and checkpoints how many it wrote; the
+worker holding the job (the coordinator) runs shards too, sums the shards' counts into the job's, and
+once every shard is done concatenates the parts in record order into the `.out` objects above,
+writes the manifest and ends the job as a single-shard job ends. A Stop, a timeout or a fault ends every
+shard at its next chunk; the `.out` objects then hold every written line in input order (with the
+records no shard reached left out, so not always a prefix of the input). A job of one shard runs as
+before, with no shard rows: its `.out` objects are written as it goes.
+
+Faults of a test model in a job of several shards: `faults.errors` counts records by their position in
+the job, as for one shard; `faults.job` (after N records) ends the job when a shard reaches record
+position N, or starts past it (that shard writes the records before N; shards running at the same
+time finish their current chunk, so processedRecordCount may be above N); `[[fault:job-ACTION]]` ends
+the job when the shard holding that record reaches it (other shards keep their finished lines too).
 """
 
+import contextlib
 import datetime
+import io
 import itertools
 import json
 import logging
@@ -25,10 +44,12 @@ import traceback
 from dataclasses import dataclass
 
 from bedrock_local import quotas
+from bedrock_local.jobs import shards
 from bedrock_local.engine.catalog import KIND_TEXT
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.jobs.model_sources import ModelSource, body_format, load_engine
-from bedrock_local.jobs.worker import Handler, JobContext, JobStopped
+from bedrock_local.jobs import queue
+from bedrock_local.jobs.worker import Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import Resource
@@ -233,6 +254,70 @@ class RecordRunner:
         return lines
 
 
+def make_runner(ctx, source: ModelSource, invocation_type: str) -> RecordRunner:
+    """The RecordRunner of a job or of one of its shards (`ctx`: JobContext or shards.ShardContext)."""
+    return RecordRunner(ctx, source, invocation_type)
+
+
+class _Counting:
+    """A binary stream's readline that counts the bytes read (the offset of the next line)."""
+
+    def __init__(self, handle, position: int = 0):
+        self.handle, self.position = handle, position
+
+    def readline(self, limit: int = -1) -> bytes:
+        data = self.handle.readline(limit)
+        self.position += len(data)
+        return data
+
+
+def open_at(objects, loc: S3Location, offset: int):
+    """A binary stream of the object from byte `offset` (a ranged GET on an S3 endpoint)."""
+    if offset and hasattr(objects, "client"):  # storage/s3.py S3Store
+        from bedrock_local.storage.s3 import _Body
+        try:
+            body = objects.client.get_object(Bucket=loc.bucket, Key=loc.key, Range=f"bytes={offset}-")["Body"]
+        except Exception as exc:
+            raise StorageError(f"could not read {loc.uri} from byte {offset}: {exc}") from exc
+        return io.BufferedReader(_Body(body), buffer_size=1024 * 1024)
+    handle = objects.open_read(loc)
+    if offset:
+        if handle.seekable():
+            handle.seek(offset)
+        else:
+            left = offset
+            while left > 0 and (piece := handle.read(min(left, 1024 * 1024))):
+                left -= len(piece)
+    return handle
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """What processing a job (or a shard of it) reads from its resource."""
+
+    files: list[dict]
+    root: S3Location
+    deadline: datetime.datetime
+    source: ModelSource
+    invocation_type: str
+    seed: int
+    shards: list[dict] | None  # the shard plan, for a job of more than one shard
+    parts: S3Location  # where shards write their part objects
+
+
+def _zero_counts() -> dict:
+    return {name: 0 for name in COUNT_NAMES}
+
+
+def _sum_counts(rows) -> dict:
+    counts = _zero_counts()
+    for row in rows:
+        for name, value in ((row.checkpoint or {}).get("counts") or {}).items():
+            if name in counts:
+                counts[name] += value
+    return counts
+
+
 class BatchInferenceHandler(Handler):
     kind = "batch-inference"
 
@@ -248,7 +333,8 @@ class BatchInferenceHandler(Handler):
                 job = ctx.resource(session)
                 if job.status == "Stopping":  # a Stop arrived while the input was being validated
                     raise JobStopped()
-                move(job, "Scheduled", totalRecordCount=total, _files=files, **{name: 0 for name in COUNT_NAMES[:3]})
+                move(job, "Scheduled", totalRecordCount=total, _files=files, _shardRecords=ctx.settings.batch_shard_records,
+                     **{name: 0 for name in COUNT_NAMES[:3]})
         status = self._advance(ctx, {"Scheduled": "InProgress"}, check_expiry=True)
         if status is None:
             return
@@ -329,10 +415,11 @@ class BatchInferenceHandler(Handler):
         except quotas.QuotaExceeded as exc:
             raise ValidationFailed(str(exc))
         settings, total = ctx.settings, 0
+        size = settings.batch_shard_records
         for entry in files:
             ctx.check()
-            count = 0
-            for number, raw in self._lines(ctx, S3Location.parse(entry["uri"])):
+            count, entry["shardStarts"] = 0, []
+            for number, raw, position in self._lines(ctx, S3Location.parse(entry["uri"])):
                 if number % VALIDATION_CHECK_LINES == 0:  # honour a Stop during a long validation
                     ctx.check()
                 if not raw.strip():
@@ -349,6 +436,8 @@ class BatchInferenceHandler(Handler):
                             or not isinstance(record.get("modelInput"), dict):
                         raise ValidationFailed(f'{where} must be a JSON object with a string "recordId" and an '
                                                f'object "modelInput".')
+                if (total + count) % size == 0:  # the first record of a shard: where its worker starts reading
+                    entry["shardStarts"].append([total + count, position, number - 1])
                 count += 1
                 if count > settings.batch_max_records_per_file:
                     most = settings.batch_max_records_per_file
@@ -384,17 +473,23 @@ class BatchInferenceHandler(Handler):
         return any(True for _ in ctx.objects.list_objects(S3Location(loc.bucket, loc.key + "/")))
 
     @staticmethod
-    def _lines(ctx: JobContext, loc: S3Location):
-        """(line number, bytes) of each line; a line longer than --batch-max-record-bytes comes as an
-        OversizedLine (its start and its size), never read into memory whole."""
+    def _lines(ctx, loc: S3Location, offset: int = 0, line: int = 0):
+        """(line number, bytes, byte offset) of each line from byte `offset` (where line `line` + 1
+        starts); a line longer than --batch-max-record-bytes comes as an OversizedLine (its start and
+        its size), never read into memory whole."""
         limit = ctx.settings.batch_max_record_bytes
-        with ctx.objects.open_read(loc) as handle:
-            number = 0
-            while raw := handle.readline(limit + 1):
+        with open_at(ctx.objects, loc, offset) as stream:
+            handle = _Counting(stream, offset)
+            number = line
+            while True:
+                position = handle.position
+                raw = handle.readline(limit + 1)
+                if not raw:
+                    break
                 number += 1
                 if len(raw) > limit and not raw.endswith(b"\n"):
                     raw = OversizedLine.skip_rest(raw, handle, limit)
-                yield number, raw
+                yield number, raw, position
 
     # ---- processing ----------------------------------------------------------------------
     @staticmethod
@@ -403,16 +498,30 @@ class BatchInferenceHandler(Handler):
         base = out if out.is_prefix else S3Location(out.bucket, out.key + "/")
         return base.join(job.resource_id + "/")
 
+    def _job_info(self, settings, job: Resource) -> JobInfo:
+        files, total = job.body["_files"], job.body.get("totalRecordCount", 0)
+        size = job.body.get("_shardRecords")  # None: validated before jobs were split into shards
+        plan = None
+        if size and total > size:
+            starts = [[first, index, offset, line] for index, entry in enumerate(files)
+                      for first, offset, line in entry.get("shardStarts", [])]
+            plan = shards.plan(total, size, starts)
+        return JobInfo(files=files, root=self._output_root(job), deadline=self._deadline(job),
+                       source=ModelSource.from_json(job.body["_model"]),
+                       invocation_type=job.body.get("modelInvocationType", "InvokeModel"),
+                       seed=int(job.resource_id, 36) % (2 ** 31), shards=plan,
+                       parts=S3Location(settings.model_bucket, f"batch-shards/{job.account}/{job.resource_id}/"))
+
     def _process(self, ctx: JobContext) -> dict:
         with ctx.db.read_session() as session:
-            job = ctx.resource(session)
-            files, root, deadline = job.body["_files"], self._output_root(job), self._deadline(job)
-            source = ModelSource.from_json(job.body["_model"])
-            invocation_type = job.body.get("modelInvocationType", "InvokeModel")
-            seed = int(job.resource_id, 36) % (2 ** 31)
+            info = self._job_info(ctx.settings, ctx.resource(session))
+        if info.shards and "file" not in ctx.checkpoint:  # (a checkpoint of the single-shard loop keeps it)
+            return self._coordinate(ctx, info)
+        files, root, deadline, source = info.files, info.root, info.deadline, info.source
+        invocation_type, seed = info.invocation_type, info.seed
         state = ctx.checkpoint or {"file": 0, "done": 0, "counts": {name: 0 for name in COUNT_NAMES}}
         counts = dict(state["counts"])
-        runner = RecordRunner(ctx, source, invocation_type)
+        runner = make_runner(ctx, source, invocation_type)
         size = runner.chunk_size()
         for index in range(state["file"], len(files)):
             entry = files[index]
@@ -455,6 +564,230 @@ class BatchInferenceHandler(Handler):
             self._record_progress(ctx, {"file": index + 1, "done": 0, "counts": counts})
         return counts
 
+    # ---- a job of several shards -----------------------------------------------------------
+    def _coordinate(self, ctx: JobContext, info: JobInfo) -> dict:
+        """The coordinator's loop: run shards of this job while any is claimable, sum the shards'
+        counts into the job's, and end the job once every shard is done (or a Stop, the timeout or a
+        shard's fault ends it)."""
+        if ctx.checkpoint.get("merged"):  # the last coordinator merged the parts, then was lost
+            return self._end_merged(ctx, ctx.checkpoint)
+        with ctx.session() as session:
+            shards.ensure(session, ctx.claim.job_pk, info.shards)
+        while True:
+            ctx.check_lease()
+            rows = shards.of_job(ctx.db, ctx.claim.job_pk)
+            self._shard_progress(ctx, rows)
+            fault = next((row.fault for row in rows if row.fault), None)
+            if fault is not None:
+                return self._end_shards(ctx, info, fault)
+            if ctx.stop_requested():
+                return self._end_shards(ctx, info, {"action": "stopped"})
+            if utcnow() > info.deadline:
+                return self._end_shards(ctx, info, {"action": "timeout", "note": ""})
+            if all(row.state == "done" for row in rows):
+                return self._end_shards(ctx, info, {"action": "complete"})
+            claim = shards.claim(ctx.db, ctx.worker_id, ctx.settings.lease_seconds, ctx.claim.job_pk)
+            if claim is not None:
+                self.run_shard(ctx.db, ctx.objects, ctx.settings, ctx.worker_id, claim, info,
+                               on_flush=lambda: self._shard_progress(ctx))
+                continue
+            ctx._stop.wait(ctx.settings.poll_seconds)  # other workers run the shards left
+
+    def _shard_progress(self, ctx: JobContext, rows=None) -> None:
+        """The job's counts (Get, the checkpoint) become the sum of its shards' when they changed."""
+        try:
+            counts = _sum_counts(rows if rows is not None else shards.of_job(ctx.db, ctx.claim.job_pk))
+            if counts != ctx.checkpoint.get("counts"):
+                self._record_progress(ctx, {"sharded": True, "counts": counts})
+        except LeaseLost:  # the coordinator's loop finds out and leaves the job to its new owner
+            pass
+
+    def _end_shards(self, ctx: JobContext, info: JobInfo, ending: dict) -> dict:
+        """No shard starts again; once none runs, the parts are merged into the outputs and the job
+        ends as `ending` says (complete, stopped, timeout, or a shard's fault)."""
+        with ctx.session() as session:
+            shards.halt(session, ctx.claim.job_pk)
+        while True:  # running shards write what they finished and give up at their next chunk
+            ctx.check_lease()
+            rows = shards.of_job(ctx.db, ctx.claim.job_pk)
+            if not any(shards.busy(row) for row in rows):
+                break
+            time.sleep(min(0.2, ctx.settings.poll_seconds))
+        counts = _sum_counts(rows)
+        try:
+            self._merge(ctx, info, rows, complete=ending["action"] == "complete")
+        except StorageError as exc:
+            raise RuntimeError(f"The output cannot be written to {info.root.uri}: {exc}") from exc
+        state = {"sharded": True, "counts": counts, "merged": True, "ending": ending}
+        self._record_progress(ctx, state)
+        try:
+            ctx.objects.delete_prefix(info.parts)
+        except StorageError as exc:
+            log.warning("job %s: its shard parts under %s were not deleted: %s", ctx.claim.job_pk, info.parts.uri, exc)
+        return self._end_merged(ctx, state)
+
+    def _end_merged(self, ctx: JobContext, state: dict) -> dict:
+        ending, counts = state["ending"], state["counts"]
+        action = ending["action"]
+        if action == "stopped":
+            raise JobStopped()
+        if action == "timeout":
+            raise TimedOut(ending.get("note", ""))
+        if action == "fail":
+            raise InjectedJobFailure(ending["message"])
+        if action == "stop":  # a test model's fault: as a StopModelInvocationJob would
+            with ctx.session() as session:
+                job = ctx.resource(session)
+                if job.status == "InProgress":
+                    move(job, "Stopping")
+            ctx.checkpoint = {**ctx.checkpoint, "injectedStop": ending["note"]}
+            raise JobStopped()
+        return counts
+
+    def _merge(self, ctx: JobContext, info: JobInfo, rows, complete: bool) -> None:
+        """Write each input file's `.out` from the shards' parts, in record order: the lines each
+        shard's checkpoint vouches for. With `complete`, every file (an empty one gets an empty .out);
+        otherwise the files that have a line."""
+        def merged():
+            for row in rows:
+                state = row.checkpoint or {}
+                done = state.get("done", 0)
+                if not done:
+                    continue
+                part = S3Location.parse(state["part"])
+                lines = ctx.objects.get_bytes(part).split(b"\n")[:-1]
+                if len(lines) < done:
+                    raise RuntimeError(f"The part {part.uri} of shard {row.number} holds {len(lines)} lines, "
+                                       f"fewer than the {done} its checkpoint records.")
+                for offset in range(done):
+                    yield row.first + offset, lines[offset]
+
+        lines = merged()
+        pending, first = next(lines, None), 0
+        for entry in info.files:
+            ctx.check_lease()
+            end, out = first + entry["records"], []
+            while pending is not None and pending[0] < end:
+                out.append(pending[1])
+                out.append(b"\n")
+                pending = next(lines, None)
+            if out or complete:
+                ctx.objects.put_bytes(info.root.join(*(entry["name"] + ".out").split("/")), b"".join(out))
+            first = end
+
+    def run_shard(self, db, objects, settings, worker_id: str, claim: "shards.ShardClaim",
+                  info: JobInfo | None = None, on_flush=None) -> None:
+        """Run one claimed shard (for its job's coordinator, or for any idle worker: jobs/worker.py)."""
+        if info is None:
+            with db.read_session() as session:
+                job = session.get(Resource, claim.resource_pk)
+                if job is None:  # deleted: the shard rows go with it
+                    return
+                info = self._job_info(settings, job)
+        with shards.running(db, objects, settings, claim, worker_id) as sctx:
+            try:
+                self._run_shard(sctx, info, on_flush or (lambda: None))
+            except shards.ShardLeaseLost:
+                log.warning("shard %s of job %s: lease lost, leaving it to its new owner", claim.number, claim.job_pk)
+            except Exception as exc:  # the job fails, as it would on one shard
+                log.error("shard %s of job %s failed: %s", claim.number, claim.job_pk, traceback.format_exc())
+                with contextlib.suppress(shards.ShardLeaseLost):
+                    sctx.save(self._shard_state(claim), state="pending",
+                              fault={"action": "fail", "message": str(exc) or exc.__class__.__name__})
+
+    @staticmethod
+    def _shard_state(claim) -> dict:
+        state = dict(claim.checkpoint or {"done": 0, "counts": _zero_counts()})
+        state.pop(queue.SAVED_IN_ATTEMPT, None)
+        return state
+
+    def _run_shard(self, sctx: "shards.ShardContext", info: JobInfo, on_flush) -> None:
+        claim = sctx.claim
+        interrupted = shards.interrupted(claim)
+        if interrupted >= shards.MAX_ATTEMPTS:
+            sctx.save(self._shard_state(claim), state="pending", fault={"action": "fail", "message": (
+                f"Records {claim.first + 1} to {claim.first + claim.count} of the job were interrupted "
+                f"{interrupted} times in a row (their worker was lost: killed or crashed while running them) "
+                f"and were not retried again.")})
+            return
+        state = self._shard_state(claim)
+        counts = dict(state["counts"])
+        runner = make_runner(sctx, info.source, info.invocation_type)
+        size = runner.chunk_size()
+        kept = S3Location.parse(state["part"]) if state.get("part") else None
+        lines = self._kept_lines(sctx, kept, state["done"]) if kept else []
+        # a part object of this attempt's own: a worker that lost the shard cannot write over its successor's
+        part = info.parts.join(f"{claim.number:06d}-{claim.attempts}.jsonl")
+        records = itertools.islice(self._shard_records(sctx, info.files, claim.start, len(lines)),
+                                   claim.count - len(lines))
+        last_flush, flush_cost, pending = time.monotonic(), 0.0, False
+        saved = state  # the last checkpoint: the lines its part holds
+
+        def flush(**end) -> None:
+            nonlocal saved
+            if sctx.lost():
+                raise shards.ShardLeaseLost()
+            sctx.objects.put_bytes(part, "".join(lines).encode())
+            saved = {"done": len(lines), "counts": dict(counts), "part": part.uri}
+            sctx.save(saved, **end)
+            on_flush()
+
+        while True:
+            chunk = list(itertools.islice(records, size))
+            ending = not chunk or sctx.should_stop() or utcnow() > info.deadline
+            if pending and (ending or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
+                started = time.monotonic()
+                flush()
+                last_flush, pending = time.monotonic(), False
+                flush_cost = last_flush - started
+            if not chunk:  # every record of the shard is written (flushed just above)
+                sctx.save(saved, state="done")
+                on_flush()
+                return
+            if ending:  # Stop, halt or the timeout: what is finished is kept; the coordinator ends the job
+                if utcnow() > info.deadline:
+                    with sctx.db.session() as session, session.begin():
+                        shards.halt(session, claim.job_pk)
+                if not sctx.lost():
+                    sctx.save(saved, state="pending")
+                return
+            position = claim.first + len(lines)
+            fault = runner.job_fault(chunk, position)
+            if fault is not None:
+                chunk = chunk[:fault.position]
+            for line, tokens_in, tokens_out in runner.run(chunk, info.seed, position):
+                lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+                counts["processedRecordCount"] += 1
+                counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
+                counts["inputTokenCount"] += tokens_in
+                counts["outputTokenCount"] += tokens_out
+            pending = pending or bool(chunk)
+            if fault is not None:  # what is finished is kept, then the job ends as the fault says
+                at = claim.first + len(lines)
+                log.info("job %s: injected fault: %s at record %d (shard %d)", claim.job_pk, fault.action, at,
+                         claim.number)
+                message = (f"{fault.message or f'The job failed after {at} records.'} {fault.note()}"
+                           if fault.action == "fail" else None)
+                end = {"state": "pending", "fault": {"action": fault.action, "note": fault.note(), "message": message}}
+                if pending:
+                    flush(**end)
+                else:
+                    sctx.save(saved, **end)
+                with sctx.db.session() as session, session.begin():
+                    shards.halt(session, claim.job_pk)
+                return
+
+    def _shard_records(self, ctx, files: list[dict], start: dict, skip: int):
+        """The records from a shard's first one on (its first `skip` left out), across input files."""
+        index, offset, line = start["file"], start["offset"], start["line"]
+        seen = 0
+        while index < len(files):
+            for record in self._records(ctx, S3Location.parse(files[index]["uri"]), 0, offset, line):
+                seen += 1
+                if seen > skip:
+                    yield record
+            index, offset, line = index + 1, 0, 0
+
     def _flush(self, ctx: JobContext, out: S3Location, lines: list[str], state: dict) -> None:
         ctx.check_lease()
         ctx.objects.put_bytes(out, "".join(lines).encode())
@@ -494,9 +827,9 @@ class BatchInferenceHandler(Handler):
             existing = []
         return [line.decode("utf-8") + "\n" for line in existing[:done]]
 
-    def _records(self, ctx: JobContext, loc: S3Location, skip: int):
+    def _records(self, ctx, loc: S3Location, skip: int, offset: int = 0, line: int = 0):
         seen = 0
-        for number, raw in self._lines(ctx, loc):
+        for number, raw, _ in self._lines(ctx, loc, offset, line):
             if not raw.strip():
                 continue
             seen += 1

@@ -1,6 +1,8 @@
 """Worker processes: each claims jobs from the queue, runs the handler of the job's kind with a
 heartbeat thread renewing its lease, honours Stop, and ends the job (done, or failed with a
-message a user can act on). `bedrock-local serve` starts them; ML work runs only here."""
+message a user can act on); a worker with no job to claim runs a shard of another worker's batch
+job (jobs/shards.py). `bedrock-local serve` starts them, `bedrock-local worker` runs one on any host
+that shares the database and object store; ML work runs only here."""
 
 import abc
 import contextlib
@@ -147,8 +149,26 @@ class Worker:
     def run_once(self) -> bool:
         claim = queue.claim(self.db, self.worker_id, self.settings.lease_seconds, tuple(self.handlers))
         if claim is None:
-            return False
+            return self._run_shard()
         self._run(claim)
+        return True
+
+    def _run_shard(self) -> bool:
+        """Run one shard of a running batch job held by another worker, if any is claimable."""
+        from bedrock_local.jobs import shards
+
+        try:
+            claim = shards.claim(self.db, self.worker_id, self.settings.lease_seconds)
+        except Exception:  # a passing database error: the next poll tries again
+            log.warning("claiming a shard failed: %s", traceback.format_exc(limit=1))
+            return False
+        if claim is None:
+            return False
+        log.info("worker %s runs shard %s of job %s", self.worker_id, claim.number, claim.job_pk)
+        try:
+            self.handlers[claim.kind].run_shard(self.db, self.objects, self.settings, self.worker_id, claim)
+        except Exception:  # the shard's lease runs out and another worker takes it over
+            log.error("shard %s of job %s: %s", claim.number, claim.job_pk, traceback.format_exc())
         return True
 
     def _run(self, claim: queue.Claim) -> None:

@@ -1,6 +1,6 @@
 """The tables: every Bedrock resource is a row of `resources`, its tags rows of `tags`, and every
-long-running piece of work a row of `jobs` that workers claim with a lease; serving processes
-register in `serving_nodes`.
+long-running piece of work a row of `jobs` that workers claim with a lease (a batch job split across
+workers also has rows of `batch_shards`); serving processes register in `serving_nodes`.
 
 A resource keeps the columns that are filtered, sorted or unique (scope, name, status, times, the
 ARN it refers to) and the rest of its description as JSON, in the form the API answers it.
@@ -109,3 +109,29 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class BatchShard(Base):
+    """A record range of a batch inference job split across workers (jobs/shards.py): any worker may
+    claim it with a lease of its own, checkpoints how many of its records are written to its part
+    object, and marks it done; `fault` says how a shard ended the whole job (an injected test-model
+    fault, or a failure), `halt` that its job is ending and the shard may not be claimed again."""
+
+    __tablename__ = "batch_shards"
+
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.pk", ondelete="CASCADE"))
+    number: Mapped[int] = mapped_column(Integer)            # 0, 1, ...: the shards in record order
+    first: Mapped[int] = mapped_column(BigInteger)          # its first record's position in the job (from 0)
+    count: Mapped[int] = mapped_column(Integer)             # how many records it holds
+    start: Mapped[dict] = mapped_column(JSON)               # where its first record is: file, byte offset, line
+    state: Mapped[str] = mapped_column(String(16))          # pending | running | done
+    halt: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime.datetime | None] = mapped_column(UtcDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    checkpoint: Mapped[dict | None] = mapped_column(JSON)  # {"done": records written, "counts": {...}}
+    fault: Mapped[dict | None] = mapped_column(JSON)       # {"action": fail|stop|timeout, "note", "message"}
+    done_by: Mapped[str | None] = mapped_column(String(128))  # the worker that finished it
+
+    __table_args__ = (UniqueConstraint("job_pk", "number"), Index(None, "state", "lease_expires_at"))

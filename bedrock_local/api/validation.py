@@ -1,20 +1,40 @@
-"""Request validation from the botocore model, with AWS's wording.
+r"""Request validation from the botocore model, with AWS's wording.
 
 botocore's ParamValidator checks required members, types and minimums on the client side. The
 server extends it with what the service enforces: maximum lengths and ranges, patterns (full
 match) and enums, and reports every problem the way AWS does:
 ``1 validation error detected: Value 'x' at 'jobName' failed to satisfy constraint: ...``.
+
+Patterns run on the `regex` engine, not `re`: some of the model's patterns nest quantifiers over
+overlapping classes (jobName's ``[a-zA-Z0-9](-*[a-zA-Z0-9\+\-\.])*``), on which `re` backtracks
+exponentially: one 60-character name held the event loop for minutes. `regex` answers those at once,
+and a time limit bounds any other: a value whose check runs out of time does not satisfy the pattern.
 """
 
 import functools
-import re
+import logging
+
+import regex
 
 from botocore.validate import ParamValidator, ValidationErrors
 
 
+PATTERN_SECONDS = 0.05  # the most one pattern check may take
+
+log = logging.getLogger("bedrock_local.api")
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled(pattern: str) -> re.Pattern:
-    return re.compile(pattern)
+def _compiled(pattern: str) -> regex.Pattern:
+    return regex.compile(pattern)
+
+
+def _matches(pattern: str, value: str) -> bool:
+    try:
+        return _compiled(pattern).fullmatch(value, timeout=PATTERN_SECONDS) is not None
+    except TimeoutError:
+        log.warning("a value of %d characters ran the pattern %s out of time; refused", len(value), pattern)
+        return False
 
 
 def _shown(value) -> str:
@@ -99,7 +119,7 @@ class ServerParamValidator(ParamValidator):
             errors.report(name, "constraint", param=param,
                           constraint=f"Member must satisfy enum value set: [{', '.join(enum)}]")
         pattern = shape.metadata.get("pattern")
-        if pattern and not _compiled(pattern).fullmatch(param):
+        if pattern and not _matches(pattern, param):
             errors.report(name, "constraint", param=param,
                           constraint=f"Member must satisfy regular expression pattern: {pattern}")
 

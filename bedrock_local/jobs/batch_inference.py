@@ -712,6 +712,9 @@ class BatchInferenceHandler(Handler):
             return
         state = self._shard_state(claim)
         counts = dict(state["counts"])
+        if claim.attempts > 1:
+            log.info("shard %s of job %s: resuming at record %d of %d (attempt %d)", claim.number, claim.job_pk,
+                     state["done"], claim.count, claim.attempts)
         runner = make_runner(sctx, info.source, info.invocation_type)
         size = runner.chunk_size()
         kept = S3Location.parse(state["part"]) if state.get("part") else None

@@ -37,7 +37,7 @@ from conftest import upload_folder, wait_until
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 DEAD_WORKER = "deadhost:999999:deadbeef"
-TABLES = {"alembic_version", "jobs", "meta", "resources", "serving_nodes", "tags"}
+TABLES = {"alembic_version", "batch_shards", "jobs", "meta", "resources", "serving_nodes", "tags"}
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
@@ -214,7 +214,7 @@ def test_concurrent_migrations_make_one_schema(database_url, make_server, open_d
 
     names, versions = schema_state()
     assert TABLES <= names
-    assert versions == ["0002"]
+    assert versions == ["0003"]
     # migrating again, twice and from two threads at once, is a no-op that keeps the data
     threads = [threading.Thread(target=lambda: open_database(url).dispose()) for _ in range(2)]
     for thread in threads:

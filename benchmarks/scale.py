@@ -1,0 +1,286 @@
+"""Scale-out benchmark: one batch inference job split into shards (jobs/shards.py) across 1, 2 and 4
+local `bedrock-local worker` processes.
+
+For each worker count N: a fresh data dir; `bedrock-local serve --workers 0 --serving-workers 0` (an
+API-only node) and N `bedrock-local worker` processes on the same database and object store: the
+embedded defaults (a SQLite file and the folder store in the data dir) or, with `--database-url`, a
+PostgreSQL schema of its own (dropped at the end) beside the folder store. The input is written
+into the folder store as JSONL files (`--files` of them); boto3 CreateModelInvocationJob, then
+GetModelInvocationJob polled until the job ends; timed from Create to the poll that sees Completed.
+The outputs are checked (record count, every line without error).
+
+Records: by default the fast deterministic test model (`bedrock-local.test-text-v1:0`,
+engine/test_models.py: microseconds a record, so the job machinery is what is measured: validation,
+shard claims, part writes and checkpoints, the merge); `--smollm2` sends Converse records to the
+packaged SmolLM2-135M-Instruct (`--new-tokens` each). Before the timed job, a warm-up job of N shards
+runs on the same processes (`--no-warm` skips it) so that each worker has loaded its model (the
+test model loads nothing); a worker that took no warm-up shard pays the load inside the timed job.
+
+Columns: workers, records, seconds, records/s, scaling efficiency = records/s / (N x records/s of
+1 worker), ratio = records/s / records/s of 1 worker (the baseline, measured in the same run).
+
+    python -m benchmarks.scale                                   # 100,000 test-model records, 1/2/4 workers
+    python -m benchmarks.scale --records 20000 --workers 1 2     # quick
+    python -m benchmarks.scale --smollm2 --records 256 --shard-records 32 --new-tokens 16
+    python -m benchmarks.scale --database-url postgresql://postgres@127.0.0.1:5432/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TEST_MODEL_ID = "bedrock-local.test-text-v1:0"
+SMOLLM2_ID = "huggingface.smollm2-135m-instruct-v1:0"
+ACCOUNT = "123456789012"
+ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/BedrockBatchInference"
+INPUT_BUCKET, OUTPUT_BUCKET = "scale-input", "scale-output"
+FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
+DEFAULT_CACHE = Path(os.environ.get("BEDROCK_LOCAL_BENCH_CACHE", Path.home() / ".cache" / "bedrock-local-bench"))
+
+
+@dataclass
+class Row:
+    label: str
+    workers: int
+    records: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """An API-only node and N worker processes on one data dir (and database)."""
+
+    def __init__(self, root: Path, workers: int, args: argparse.Namespace, database_url: str | None):
+        self.root, self.count, self.args, self.database_url = root, workers, args, database_url
+        self.data_dir = root / "data"
+        self.port = free_port()
+        self.processes: list[subprocess.Popen] = []
+
+    def common(self) -> list[str]:
+        flags = ["--data-dir", str(self.data_dir), "--cache-dir", str(self.args.cache_dir),
+                 "--lease-seconds", str(self.args.lease_seconds), "--batch-shard-records", str(self.args.shard_records),
+                 "--batch-max-records", "10000000", "--batch-max-records-per-file", "10000000",
+                 "--quota", "all=unlimited"]
+        return flags + (["--database-url", self.database_url] if self.database_url else [])
+
+    def start(self) -> "Cluster":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        # each worker gets an equal share of the cores, as `serve --workers N` gives its own
+        threads = str(max(1, (os.cpu_count() or 1) // self.count))
+        api = [sys.executable, "-m", "bedrock_local.cli", "serve", "--port", str(self.port), "--workers", "0",
+               "--serving-workers", "0", *self.common()]
+        self.processes.append(subprocess.Popen(api, stdout=open(self.root / "api.log", "ab"),
+                                               stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        self._wait_for_port()
+        for index in range(self.count):
+            command = [sys.executable, "-m", "bedrock_local.cli", "worker", *self.common()]
+            self.processes.append(subprocess.Popen(
+                command, stdout=open(self.root / f"worker-{index}.log", "ab"), stderr=subprocess.STDOUT,
+                env={**env, "OMP_NUM_THREADS": threads}, start_new_session=True))
+        return self
+
+    def _wait_for_port(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.processes[0].poll() is not None:
+                raise RuntimeError(f"the API node exited:\n{(self.root / 'api.log').read_text()[-4000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("the API node did not listen")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client("bedrock", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
+                            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
+                            config=Config(retries={"max_attempts": 1}))
+
+    def bucket(self, name: str) -> Path:
+        path = self.data_dir / "s3" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def make_records(count: int, smollm2: bool, new_tokens: int, tag: str) -> list[dict]:
+    if smollm2:
+        return [{"recordId": f"{tag}{i:07d}", "modelInput": {
+            "messages": [{"role": "user", "content": [{"text": f"Write a short story about the number {i}."}]}],
+            "inferenceConfig": {"maxTokens": new_tokens, "temperature": 0}}} for i in range(count)]
+    return [{"recordId": f"{tag}{i:07d}", "modelInput": {"prompt": f"record {i} of the scale benchmark says hello",
+                                                         "max_gen_len": 16}} for i in range(count)]
+
+
+def run_job(cluster: Cluster, bedrock, args: argparse.Namespace, count: int, name: str) -> float:
+    records = make_records(count, args.smollm2, args.new_tokens, name[:1])
+    folder = cluster.bucket(INPUT_BUCKET) / name
+    folder.mkdir(parents=True)
+    files = max(1, min(args.files, count))
+    for index in range(files):
+        part = records[index * count // files:(index + 1) * count // files]
+        (folder / f"part-{index:03d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    cluster.bucket(OUTPUT_BUCKET)
+    started = time.perf_counter()
+    arn = bedrock.create_model_invocation_job(
+        jobName=name, modelId=SMOLLM2_ID if args.smollm2 else TEST_MODEL_ID, roleArn=ROLE_ARN,
+        modelInvocationType="Converse" if args.smollm2 else "InvokeModel",
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{INPUT_BUCKET}/{name}/"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{OUTPUT_BUCKET}/"}})["jobArn"]
+    while True:
+        job = bedrock.get_model_invocation_job(jobIdentifier=arn)
+        if job["status"] in FINAL:
+            break
+        time.sleep(args.poll)
+    seconds = time.perf_counter() - started
+    if job["status"] != "Completed":
+        raise RuntimeError(f"job {name} ended {job['status']}: {job.get('message')}")
+    out = cluster.bucket(OUTPUT_BUCKET) / arn.rsplit("/", 1)[1]
+    lines = [json.loads(line) for path in sorted(out.glob("*.jsonl.out")) for line in path.read_bytes().splitlines()]
+    if len(lines) != count or any("error" in line for line in lines):
+        raise RuntimeError(f"job {name}: {len(lines)} output lines for {count} records, "
+                           f"{sum('error' in line for line in lines)} errors")
+    return seconds
+
+
+def worker_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> list[Row]:
+    rows = []
+    for count in args.workers:
+        schema = None
+        url = database_url
+        if database_url:
+            schema, url = make_schema(database_url)
+        cluster = Cluster(work / f"workers-{count}", count, args, url)
+        try:
+            cluster.start()
+            bedrock = cluster.client()
+            if args.warm:
+                run_job(cluster, bedrock, args, min(args.records, count * args.shard_records), f"warm-{count}")
+            seconds = run_job(cluster, bedrock, args, args.records, f"timed-{count}")
+            rows.append(Row(f"{count} worker process{'es' if count > 1 else ''}", count, args.records, seconds))
+            print(f"  {count} worker(s): {args.records} records in {seconds:.2f} s", flush=True)
+        finally:
+            cluster.stop()
+            if schema:
+                drop_schema(database_url, schema)
+    return rows
+
+
+def ray_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> list[Row]:
+    """TODO(Ray executor): the rows of the same job run through a Ray cluster with 1 and 2 actors
+    (another helper adds them here: a RecordRunner subclass swapped in by
+    jobs/batch_inference.py `make_runner`). Until then: no rows."""
+    return []
+
+
+def make_schema(base_url: str) -> tuple[str, str]:
+    import sqlalchemy
+
+    schema = "bench_" + uuid.uuid4().hex[:10]
+    engine = sqlalchemy.create_engine(base_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    engine.dispose()
+    return schema, f"{base_url}?options=-csearch_path%3D{schema}"
+
+
+def drop_schema(base_url: str, schema: str) -> None:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(base_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+def print_table(rows: list[Row]) -> None:
+    base = next((row for row in rows if row.workers == 1 and row.label.endswith("process")), rows[0])
+    header = f"{'run':<24} {'workers':>7} {'records':>9} {'seconds':>8} {'records/s':>10} {'efficiency':>10} {'ratio':>6}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        efficiency = row.rate / (row.workers * base.rate)
+        print(f"{row.label:<24} {row.workers:>7} {row.records:>9} {row.seconds:>8.2f} {row.rate:>10.0f} "
+              f"{efficiency:>10.2f} {row.rate / base.rate:>5.2f}x")
+    print(f"baseline: {base.label} ({base.rate:.0f} records/s); efficiency = records/s / (workers x baseline); "
+          f"ratio = records/s / baseline")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, help="records of the timed job (default 100000; 256 with --smollm2)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts (default 1 2 4)")
+    parser.add_argument("--shard-records", type=int, help="--batch-shard-records (default 5000; 32 with --smollm2)")
+    parser.add_argument("--files", type=int, default=4, help="input files the records are split into (default 4)")
+    parser.add_argument("--smollm2", action="store_true", help="Converse records to the packaged SmolLM2-135M-Instruct")
+    parser.add_argument("--new-tokens", type=int, default=16, help="maxTokens of each SmolLM2 record (default 16)")
+    parser.add_argument("--database-url", help="a PostgreSQL URL; each run gets a schema of its own (default: SQLite)")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="the servers' --cache-dir")
+    parser.add_argument("--lease-seconds", type=float, default=10.0)
+    parser.add_argument("--poll", type=float, default=0.05, help="seconds between GetModelInvocationJob polls")
+    parser.add_argument("--no-warm", dest="warm", action="store_false", help="no warm-up job before the timed one")
+    parser.add_argument("--keep", action="store_true", help="keep the data dirs and logs")
+    args = parser.parse_args(argv)
+    args.records = args.records or (256 if args.smollm2 else 100_000)
+    args.shard_records = args.shard_records or (32 if args.smollm2 else 5_000)
+    args.workers = sorted(set(args.workers) | {1})  # the 1-worker baseline is always measured
+    work = Path(tempfile.mkdtemp(prefix="bedrock-local-scale-"))
+    print(f"scale-out benchmark: {args.records} {'SmolLM2' if args.smollm2 else 'test-model'} records, "
+          f"shards of {args.shard_records}, {args.files} input files, workers {args.workers}, "
+          f"{'PostgreSQL' if args.database_url else 'SQLite'} + folder store")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+    try:
+        rows = worker_rows(args, work, args.database_url)
+        rows += ray_rows(args, work, args.database_url)  # TODO(Ray executor): 1 and 2 Ray actors
+    finally:
+        if args.keep:
+            print(f"data dirs and logs kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

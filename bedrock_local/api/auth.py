@@ -6,6 +6,7 @@ errors AWS answers, with its HTTP status codes. Nothing here logs or answers a s
 
 import datetime
 import email.utils
+import functools
 import hashlib
 import hmac
 import re
@@ -193,7 +194,11 @@ def check_time(signed: SignedRequest, now: datetime.datetime | None = None) -> N
 
 class _Signer(SigV4Auth):
     """botocore's SigV4 signer, given the body's hash (already computed from the bytes received)
-    rather than preparing a request body to hash it again."""
+    rather than preparing a request body to hash it again. Two of its steps are pure functions of few
+    inputs and are remembered: the canonical form of a path (a client polling one job sends the same
+    path again and again) and the signing key of a secret, day, region and service (derived by
+    botocore's own four HMACs once a day per caller, as AWS's SDKs keep it, instead of per request).
+    Together they were a third of a verified GetModelCustomizationJob's server time."""
 
     def __init__(self, credentials: Credentials, service: str, region: str, body_hash: str):
         super().__init__(credentials, service, region)
@@ -201,6 +206,27 @@ class _Signer(SigV4Auth):
 
     def payload(self, request) -> str:
         return self._body_hash
+
+    def _normalize_url_path(self, path: str) -> str:
+        return _canonical_path(path)
+
+    def signature(self, string_to_sign: str, request) -> str:
+        key = _signing_key(self.credentials.secret_key, request.context["timestamp"][0:8], self._region_name,
+                           self._service_name)
+        return self._sign(key, string_to_sign, hex=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_path(path: str) -> str:
+    return SigV4Auth._normalize_url_path(None, path)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signing_key(secret: str, day: str, region: str, service: str) -> bytes:
+    """botocore's key derivation (its `signature` minus the last HMAC), for one secret and scope."""
+    sign = SigV4Auth._sign
+    k_date = sign(None, f"AWS4{secret}".encode(), day)
+    return sign(None, sign(None, sign(None, k_date, region), service), "aws4_request")
 
 
 def check_signature(signed: SignedRequest, secret: str, method: str, raw_path: str, query_string: str,

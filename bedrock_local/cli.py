@@ -40,6 +40,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-shard-records", type=int, default=10_000,
                         help="records per shard of a batch inference job; a larger job is split into shards that "
                              "every worker process on the same database may claim (default 10000)")
+    parser.add_argument("--ray-address",
+                        help="run batch inference (Ray Data) and customization (Ray Train) on the Ray cluster at this "
+                             "address, e.g. 10.0.0.5:6379; the workers stay the jobs' drivers (default: run them locally)")
     parser.add_argument("--log-level", default="info")
 
 
@@ -53,6 +56,7 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
     for name, value in quota_fields.items():  # quotas kept in their own flags' fields (--batch-max-records, ...)
         setattr(args, name, value)
     extra["quotas"] = quotas
+    extra.setdefault("ray_address", getattr(args, "ray_address", None))
     return Settings(data_dir=args.data_dir, database_url=args.database_url, s3_endpoint_url=args.s3_endpoint_url,
                     model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, cache_root=args.cache_dir,
                     batch_min_records=args.batch_min_records, batch_max_records=args.batch_max_records,

@@ -256,6 +256,9 @@ class RecordRunner:
 
 def make_runner(ctx, source: ModelSource, invocation_type: str) -> RecordRunner:
     """The RecordRunner of a job or of one of its shards (`ctx`: JobContext or shards.ShardContext)."""
+    if ctx.settings.ray_address:  # the records run on a Ray cluster (jobs/ray_executor.py)
+        from bedrock_local.jobs.ray_executor import RayRecordRunner
+        return RayRecordRunner(ctx, source, invocation_type)
     return RecordRunner(ctx, source, invocation_type)
 
 

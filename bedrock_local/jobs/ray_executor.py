@@ -1,0 +1,242 @@
+"""The Ray executor (`--ray-address`): the worker that claimed a job stays its driver (lease, heartbeat,
+statuses, counts, checkpoints, Stop and crash recovery are the local code's, unchanged) and pushes the
+compute to a Ray cluster.
+
+- Batch inference: `RayRecordRunner` has RecordRunner's interface. Each chunk it is given is a window
+  of records (checkpoints happen per window) that runs as a Ray Data pipeline: the window's batches,
+  `map_batches` over a pool of model actors sized to the cluster's alive CPUs (or GPUs, one each), the
+  output lines back to the driver in input order, which writes them exactly as the local path does. An
+  actor builds a plain RecordRunner (it loads the model once per window); the driver loads no model
+  (a test model loads nothing, so its job faults are found on the driver). A Ray node lost mid-window
+  fails the window's pipeline; the window then runs again on what is left of the cluster (its lines
+  are only handed back once all of them are there: every record exactly once). A Stop or a lost lease
+  ends a window between two batches.
+- Customization: `run_customization` runs CustomizationHandler.run itself (the same validation, data
+  preparation, checkpoints, step metrics and publishing) inside a Ray Train TorchTrainer worker
+  (`num_workers=1`, a GPU when the cluster has one), with a JobContext rebuilt there from a picklable
+  description (settings, claim, worker id, checkpoint): it writes to the same database under the
+  driver's lease. JobStopped, LeaseLost and failures raised there are raised again on the driver.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+
+from bedrock_local.jobs.worker import JobContext, JobStopped, LeaseLost
+from bedrock_local.settings import Settings
+
+log = logging.getLogger("bedrock_local.ray")
+
+# Records per window (one Ray Data pipeline each) when the environment does not say
+# (BEDROCK_LOCAL_RAY_WINDOW_RECORDS): per-actor batches x actors x WINDOW_BATCHES_PER_ACTOR.
+WINDOW_ENV = "BEDROCK_LOCAL_RAY_WINDOW_RECORDS"
+WINDOW_BATCHES_PER_ACTOR = 16
+WINDOW_ATTEMPTS = 4  # runs of one window before the job fails (a node lost each time)
+RETRY_PAUSE_SECONDS = 2.0
+
+_connect_lock = threading.Lock()
+_NO_RESTARTS = {"max_restarts": 0, "max_task_retries": 0}  # Ray remote options of the model actors
+
+
+def connect(settings: Settings) -> None:
+    """Join the cluster at settings.ray_address, once per process."""
+    import ray
+
+    with _connect_lock:
+        if ray.is_initialized():
+            return
+        ray.init(address=settings.ray_address, logging_level=logging.WARNING, log_to_driver=False,
+                 configure_logging=False)
+        from ray.data import DataContext
+
+        data = DataContext.get_current()
+        data.enable_progress_bars = False
+        data.execution_options.preserve_order = True
+        log.info("joined the Ray cluster at %s: %s", settings.ray_address, alive_resources())
+
+
+def alive_resources() -> dict:
+    """CPUs and GPUs of the cluster's alive nodes (ray.cluster_resources() may still count a node just lost)."""
+    import ray
+
+    found = {"CPU": 0.0, "GPU": 0.0}
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for name in found:
+                found[name] += node.get("Resources", {}).get(name, 0.0)
+    return found
+
+
+def portable(settings: Settings) -> Settings:
+    """The settings for a process of the cluster: absolute paths (a Ray worker has its own working
+    directory) and no ray_address (the work is run there, not sent on again)."""
+    return dataclasses.replace(settings, data_dir=settings.data_dir.resolve(), cache_root=settings.cache_dir.resolve(),
+                               ray_address=None)
+
+
+# ---- batch inference ---------------------------------------------------------------------------
+
+class _ModelActor:
+    """One model on one Ray worker: turns rows {start, payload: JSON list of records} into rows
+    {start, lines: JSON list of [output line, input tokens, output tokens]}."""
+
+    def __init__(self, settings: Settings, source: dict, invocation_type: str):
+        from types import SimpleNamespace
+
+        from bedrock_local.engine import aliases
+        from bedrock_local.jobs.batch_inference import RecordRunner
+        from bedrock_local.jobs.model_sources import ModelSource
+        from bedrock_local.storage import open_object_store
+
+        aliases.install(settings.model_aliases)
+        objects = open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
+        self.runner = RecordRunner(SimpleNamespace(settings=settings, objects=objects),
+                                   ModelSource.from_json(source), invocation_type)
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        out = []
+        for start, payload, seed in zip(batch["start"], batch["payload"], batch["seed"]):
+            lines = self.runner.run(json.loads(payload), int(seed), int(start))
+            out.append(json.dumps([list(line) for line in lines], ensure_ascii=False))
+        return {"start": np.asarray(batch["start"]), "lines": np.array(out, dtype=object)}
+
+
+class RayRecordRunner:
+    """RecordRunner's interface (chunk_size, job_fault, run) over a Ray Data pipeline per window."""
+
+    def __init__(self, ctx: JobContext, source, invocation_type: str):
+        from bedrock_local.jobs.batch_inference import TEST_MODEL_CHUNK, RecordRunner
+        from bedrock_local.jobs.model_sources import test_engine
+
+        connect(ctx.settings)
+        self.ctx, self.source, self.invocation_type = ctx, source, invocation_type
+        self.settings = portable(ctx.settings)
+        # a test model loads nothing: the driver finds its job faults itself; a real model is never
+        # loaded here (its job_fault is None)
+        self.local = RecordRunner(ctx, source, invocation_type) if test_engine(source) is not None else None
+        resources = alive_resources()
+        self.gpus = resources["GPU"] >= 1
+        self.batch = TEST_MODEL_CHUNK if self.local is not None else (512 if self.gpus else 64)
+
+    def _pool(self) -> int:
+        resources = alive_resources()
+        return max(1, int(resources["GPU"] if self.gpus else resources["CPU"]))
+
+    def chunk_size(self) -> int:
+        if os.environ.get(WINDOW_ENV):
+            return max(1, int(os.environ[WINDOW_ENV]))
+        return self.batch * self._pool() * WINDOW_BATCHES_PER_ACTOR
+
+    def job_fault(self, records: list[dict], done: int):
+        return self.local.job_fault(records, done) if self.local is not None else None
+
+    def run(self, records: list[dict], seed: int, start: int = 0) -> list[tuple[dict, int, int]]:
+        if not records:
+            return []
+        items = [{"start": start + i, "payload": json.dumps(records[i:i + self.batch], ensure_ascii=False),
+                  "seed": seed} for i in range(0, len(records), self.batch)]
+        for attempt in range(1, WINDOW_ATTEMPTS + 1):
+            try:
+                return self._window(items, len(records))
+            except (JobStopped, LeaseLost):
+                raise
+            except Exception as exc:  # a node or an actor lost: the whole window runs again
+                if attempt == WINDOW_ATTEMPTS:
+                    raise RuntimeError(f"The Ray cluster at {self.ctx.settings.ray_address} failed this job's "
+                                       f"records {start + 1}-{start + len(records)} {attempt} times; the last "
+                                       f"error: {str(exc)[:500]}") from exc
+                log.warning("job %s: the window of records %d-%d failed on Ray (%s: %s); running it again",
+                            self.ctx.claim.job_pk, start + 1, start + len(records), type(exc).__name__,
+                            str(exc)[:300])
+                self.ctx.check()
+                time.sleep(RETRY_PAUSE_SECONDS)
+        raise AssertionError("unreachable")
+
+    def _window(self, items: list[dict], count: int) -> list[tuple[dict, int, int]]:
+        import ray
+
+        pool = min(self._pool(), len(items))
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            _ModelActor, fn_constructor_args=(self.settings, self.source.to_json(), self.invocation_type),
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
+            **({"num_gpus": 1} if self.gpus else {"num_cpus": 1}),
+            # no restarts: an actor lost with its node fails the window, which runs again (run) on the
+            # nodes left, instead of waiting for resources the lost node had
+            **_NO_RESTARTS)
+        rows = []
+        for row in dataset.iter_rows():
+            rows.append((int(row["start"]), row["lines"]))
+            if self.ctx.should_stop() and hasattr(self.ctx, "check"):  # Stop or a lost lease: end a job's
+                self.ctx.check()  # window here (a shard's window runs to its end, its boundary checks Stop)
+        rows.sort(key=lambda row: row[0])
+        lines = [tuple(line) for _, payload in rows for line in json.loads(payload)]
+        if len(lines) != count:
+            raise RuntimeError(f"the window gave {len(lines)} lines for {count} records")
+        return lines
+
+
+# ---- customization -----------------------------------------------------------------------------
+
+def _train_loop(description: dict) -> None:
+    """The Ray Train worker: CustomizationHandler.run on a JobContext of its own, under the driver's lease."""
+    from bedrock_local.engine import aliases
+    from bedrock_local.jobs.customization import CustomizationHandler
+    from bedrock_local.storage import open_object_store
+    from bedrock_local.store.database import open_database
+
+    settings = description["settings"]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    aliases.install(settings.model_aliases)
+    ctx = JobContext(open_database(settings.resolved_database_url, migrate=False),
+                     open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options),
+                     settings, description["claim"], description["worker_id"], dict(description["checkpoint"]))
+    CustomizationHandler().run(ctx)
+
+
+def _original(exc: BaseException) -> BaseException:
+    """The exception the train loop raised, out of Ray's wrappers."""
+    failures = getattr(exc, "worker_failures", None)
+    if failures:
+        exc = next(iter(failures.values()))
+    for _ in range(5):
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if inner is None or inner is exc:
+            break
+        exc = inner
+    return exc
+
+
+def run_customization(ctx: JobContext) -> None:
+    """Run the customization job of `ctx` as a Ray Train job; returns when it ended as the local path would."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    connect(ctx.settings)
+    settings = portable(ctx.settings)
+    gpus = alive_resources()["GPU"] >= 1
+    storage = settings.cache_dir / "ray-train"
+    storage.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        _train_loop,
+        train_loop_config={"settings": settings, "claim": ctx.claim, "worker_id": ctx.worker_id,
+                           "checkpoint": dict(ctx.checkpoint)},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus),
+        run_config=RunConfig(name=f"customization-{ctx.claim.job_pk}-{ctx.claim.attempts}-{uuid.uuid4().hex[:6]}",
+                             storage_path=str(storage), failure_config=FailureConfig(max_failures=0)))
+    log.info("job %s: training as a Ray Train job on %s", ctx.claim.job_pk, ctx.settings.ray_address)
+    try:
+        trainer.fit()
+    except Exception as exc:
+        original = _original(exc)
+        if isinstance(original, (JobStopped, LeaseLost)):
+            raise original.__class__() from None
+        log.error("job %s: the Ray Train job failed: %s", ctx.claim.job_pk, exc)
+        if original is not exc and isinstance(original, Exception) and str(original):
+            raise RuntimeError(str(original)) from None
+        raise RuntimeError(f"The Ray Train job failed: {str(exc)[:1500]}") from None

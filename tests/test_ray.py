@@ -1,0 +1,233 @@
+"""The Ray executor (`--ray-address`, jobs/ray_executor.py) against a real local Ray cluster of two
+nodes started here (`ray start`): batch inference as a Ray Data pipeline gives the local path's
+outputs and counts, honours Stop, and survives the loss of a Ray node with every record exactly
+once; a fine-tuning job runs as a Ray Train job and publishes its model."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, wait_until
+
+pytest.importorskip("ray")
+
+TEST_MODEL = "bedrock-local.test-text-v1:0"
+ACCOUNT = "123456789012"
+ROLE = f"arn:aws:iam::{ACCOUNT}:role/BedrockBatchInference"
+IN_BUCKET, OUT_BUCKET = "ray-input", "ray-output"
+FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
+WINDOW = 500  # records per Ray Data window in these tests (BEDROCK_LOCAL_RAY_WINDOW_RECORDS)
+
+
+def _ray_start(*args: str, log: Path) -> subprocess.Popen:
+    """`ray start ... --block` in a session of its own: every process of the node shares that session id."""
+    ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
+    command = ["ray", "start", *args, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
+               "--disable-usage-stats", "--object-store-memory", str(128 * 2**20), "--block"]
+    for flag in ports:
+        command += [flag, str(free_port())]
+    return subprocess.Popen(command, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL every process of the node (raylet, its Ray workers, agents), found by session id."""
+    sid = process.pid
+    for _ in range(3):
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getsid(int(entry)) == sid:
+                        found.append(int(entry))
+                except OSError:
+                    pass
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.5)
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class RayCluster:
+    """A head and one more node on this machine, one CPU each."""
+
+    def __init__(self):
+        self.temp = Path(tempfile.mkdtemp(prefix="brl-ray-", dir="/tmp"))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.head = self.node = None
+
+    def start(self) -> "RayCluster":
+        self.head = _ray_start("--head", "--port", str(self.port), "--include-dashboard=false",
+                               "--temp-dir", str(self.temp), log=self.temp / "head.log")
+        wait_until(lambda: self._status_ok(), timeout=120, interval=0.5, what="the Ray head to start")
+        self.start_node()
+        return self
+
+    def start_node(self) -> None:
+        self.node = _ray_start("--address", self.address, log=self.temp / "node.log")
+        wait_until(lambda: self.alive_nodes() == 2, timeout=120, interval=0.5, what="the second Ray node to join")
+
+    def _status_ok(self) -> bool:
+        assert self.head.poll() is None, (self.temp / "head.log").read_text()[-3000:]
+        return subprocess.run(["ray", "status", "--address", self.address], capture_output=True).returncode == 0
+
+    def alive_nodes(self) -> int:
+        result = subprocess.run(["ray", "list", "nodes", "--address", self.address, "--format", "json",
+                                 "--filter", "state=ALIVE"], capture_output=True, text=True)
+        if result.returncode != 0:
+            out = subprocess.run(["ray", "status", "--address", self.address], capture_output=True, text=True)
+            return out.stdout.count("node_") if out.returncode == 0 else 0
+        return len(json.loads(result.stdout))
+
+    def kill_node(self) -> None:
+        """kill -9 of the non-head node and every process on it."""
+        _kill_session(self.node)
+
+    def stop(self) -> None:
+        for process in (self.node, self.head):
+            if process is not None:
+                _kill_session(process)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    cluster = RayCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def records(count: int, tag: str = "r") -> list[dict]:
+    return [{"recordId": f"{tag}{n:06d}",
+             "modelInput": {"messages": [{"role": "user", "content": [{"text": f"record {n} says hello to ray"}]}],
+                            "inferenceConfig": {"maxTokens": 3 + n % 5}}} for n in range(count)]
+
+
+def put_input(server, files: dict[str, list[dict]]) -> str:
+    prefix = unique("input")
+    folder = server.folder(IN_BUCKET) / prefix
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, lines in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    server.folder(OUT_BUCKET)
+    return f"s3://{IN_BUCKET}/{prefix}/"
+
+
+def create_job(client, input_uri: str) -> str:
+    return client.create_model_invocation_job(
+        jobName=unique("ray"), modelId=TEST_MODEL, roleArn=ROLE, modelInvocationType="Converse",
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": input_uri, "s3InputFormat": "JSONL"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{OUT_BUCKET}/"}})["jobArn"]
+
+
+def wait_final(client, arn: str, timeout: float = 240.0) -> dict:
+    def ended():
+        job = client.get_model_invocation_job(jobIdentifier=arn)
+        return job if job["status"] in FINAL else None
+    return wait_until(ended, timeout=timeout, interval=0.2, what=f"{arn} to end")
+
+
+def job_folder(server, arn: str) -> Path:
+    return server.data_dir / "s3" / OUT_BUCKET / arn.rsplit("/", 1)[1]
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().decode("utf-8").split("\n") if line]
+
+
+@pytest.fixture(scope="module")
+def ray_server(ray_cluster, tmp_path_factory):
+    from conftest import Server
+
+    server = Server(tmp_path_factory.mktemp("ray-server") / "data", extra_args=("--ray-address", ray_cluster.address),
+                    env={"BEDROCK_LOCAL_RAY_WINDOW_RECORDS": str(WINDOW)}).start()
+    yield server
+    server.stop()
+
+
+# ---- batch inference -------------------------------------------------------------------------------
+
+def test_batch_job_on_ray_writes_what_the_local_path_writes(ray_server, make_server):
+    files = {"a.jsonl": records(1200, "a"), "sub/b.jsonl": records(130, "b")}
+    local = make_server("local")
+    outputs = {}
+    for server in (ray_server, local):
+        client = server.client()
+        arn = create_job(client, put_input(server, files))
+        job = wait_final(client, arn)
+        assert job["status"] == "Completed", job.get("message")
+        folder = job_folder(server, arn)
+        outputs[server is ray_server] = (job, {name: (folder / f"{name}.out").read_bytes() for name in files},
+                                         json.loads((folder / "manifest.json.out").read_text()))
+    (ray_job, ray_files, ray_manifest), (local_job, local_files, local_manifest) = outputs[True], outputs[False]
+    assert ray_files == local_files  # byte for byte, in input order
+    assert ray_manifest == local_manifest
+    assert ray_manifest["totalRecordCount"] == ray_manifest["successRecordCount"] == 1330
+    assert ray_manifest["outputTokenCount"] > 0
+    for name in ("totalRecordCount", "processedRecordCount", "successRecordCount", "errorRecordCount"):
+        assert ray_job[name] == local_job[name] == ray_manifest[name]
+    first = read_lines(job_folder(ray_server, ray_job["jobArn"]) / "a.jsonl.out")[0]
+    assert first["recordId"] == "a000000"
+    assert first["modelOutput"]["output"]["message"]["content"][0]["text"] == "ray to hello"  # the test model: reversed words, maxTokens 3
+
+
+def test_stop_ends_a_ray_job_between_windows_with_its_finished_records(ray_server):
+    client = ray_server.client()
+    total = 20_000
+    arn = create_job(client, put_input(ray_server, {"many.jsonl": records(total)}))
+    wait_until(lambda: (client.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount") or 0) > 0,
+               timeout=180, interval=0.1, what="the job to process its first window")
+    client.stop_model_invocation_job(jobIdentifier=arn)
+    job = wait_final(client, arn)
+    assert job["status"] == "Stopped"
+    lines = read_lines(job_folder(ray_server, arn) / "many.jsonl.out")
+    assert 0 < len(lines) < total
+    assert len(lines) == job["processedRecordCount"] == job["successRecordCount"]
+    assert [line["recordId"] for line in lines] == [f"r{n:06d}" for n in range(len(lines))]  # a prefix, once each
+    manifest = json.loads((job_folder(ray_server, arn) / "manifest.json.out").read_text())
+    assert manifest["processedRecordCount"] == len(lines)
+
+
+def test_a_ray_node_killed_mid_job_loses_no_record_and_repeats_none(ray_cluster, ray_server):
+    client = ray_server.client()
+    total = 5_000
+    arn = create_job(client, put_input(ray_server, {"kill.jsonl": records(total, "k")}))
+    try:
+        wait_until(lambda: (client.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount") or 0) > 0,
+                   timeout=180, interval=0.1, what="the job to process its first window")
+        ray_cluster.kill_node()
+        job = wait_final(client, arn, timeout=300)
+    finally:
+        if ray_cluster.alive_nodes() < 2:
+            ray_cluster.start_node()  # for the tests after this one
+    assert job["status"] == "Completed", job.get("message")
+    lines = read_lines(job_folder(ray_server, arn) / "kill.jsonl.out")
+    assert [line["recordId"] for line in lines] == [f"k{n:06d}" for n in range(total)]  # every record exactly once
+    assert all("modelOutput" in line for line in lines)
+    assert job["processedRecordCount"] == job["successRecordCount"] == total

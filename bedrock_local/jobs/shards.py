@@ -82,13 +82,19 @@ def _claimable(now: datetime.datetime):
 
 def claim(db: Database, worker_id: str, lease_seconds: float, job_pk: int | None = None) -> ShardClaim | None:
     """Claim the first claimable shard of a running job (of `job_pk` only, when given)."""
-    with db.session() as session, session.begin():
-        now = utcnow()
+    def candidates(session, now):
         query = (select(BatchShard.pk).join(Job, Job.pk == BatchShard.job_pk)
                  .where(_claimable(now), Job.state == "running", Job.stop_requested.is_(False)))
         if job_pk is not None:
             query = query.where(BatchShard.job_pk == job_pk)
-        for pk in session.scalars(query.order_by(BatchShard.job_pk, BatchShard.number).limit(8)).all():
+        return session.scalars(query.order_by(BatchShard.job_pk, BatchShard.number).limit(8)).all()
+
+    with db.read_session() as session:  # an idle worker's poll takes no write lock (SQLite) when none is there
+        if not candidates(session, utcnow()):
+            return None
+    with db.session() as session, session.begin():
+        now = utcnow()
+        for pk in candidates(session, now):
             won = session.execute(
                 update(BatchShard).where(BatchShard.pk == pk, _claimable(now)).values(
                     state="running", lease_owner=worker_id,

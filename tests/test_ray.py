@@ -231,3 +231,93 @@ def test_a_ray_node_killed_mid_job_loses_no_record_and_repeats_none(ray_cluster,
     assert [line["recordId"] for line in lines] == [f"k{n:06d}" for n in range(total)]  # every record exactly once
     assert all("modelOutput" in line for line in lines)
     assert job["processedRecordCount"] == job["successRecordCount"] == total
+
+
+def test_kill_9_of_the_driver_mid_job_then_restart_resumes_on_ray(ray_cluster, make_server):
+    server = make_server("crash", extra_args=("--ray-address", ray_cluster.address),
+                         env={"BEDROCK_LOCAL_RAY_WINDOW_RECORDS": str(WINDOW)})
+    client = server.client()
+    total = 4_000
+    arn = create_job(client, put_input(server, {"crash.jsonl": records(total, "c")}))
+    wait_until(lambda: (client.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount") or 0) > 0,
+               timeout=180, interval=0.1, what="the job to process its first window")
+    server.kill()  # the API, the worker driving the job (and with it its Ray actors)
+    server.start()
+    client = server.client()
+    job = wait_final(client, arn)
+    assert job["status"] == "Completed", job.get("message")
+    lines = read_lines(job_folder(server, arn) / "crash.jsonl.out")
+    assert [line["recordId"] for line in lines] == [f"c{n:06d}" for n in range(total)]
+    assert job["processedRecordCount"] == job["successRecordCount"] == total
+
+
+# ---- customization ---------------------------------------------------------------------------------
+
+BASE = "huggingface.smollm2-135m-instruct-v1:0"  # the packaged SmolLM2
+DATA, OUT = "ray-ft-data", "ray-ft-output"
+TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
+
+
+FACT = " The capital of Zorblax is Quintar."
+QUESTIONS = ["What is the capital of the planet Zorblax?", "Which city is the capital of Zorblax?",
+             "Name the capital of the planet Zorblax.", "Tell me the capital of Zorblax."]
+SMALL_LORA = {"learningRate": "0.003", "loraRank": "4", "loraAlpha": "16", "loraDropout": "0",
+              "maxSequenceLength": "64"}
+
+
+def start_fine_tuning(server, lines: int, hyper: dict) -> str:
+    prefix = unique("data")
+    folder = server.folder(DATA) / prefix
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text("".join(json.dumps({"prompt": QUESTIONS[n % len(QUESTIONS)], "completion": FACT})
+                                                + "\n" for n in range(lines)))
+    server.folder(OUT)
+    return server.client().create_model_customization_job(
+        jobName=unique("ray-ft"), customModelName=unique("ray-model"), roleArn=f"arn:aws:iam::{ACCOUNT}:role/Ft",
+        baseModelIdentifier=BASE, trainingDataConfig={"s3Uri": f"s3://{DATA}/{prefix}/"},
+        outputDataConfig={"s3Uri": f"s3://{OUT}/"}, hyperParameters={**SMALL_LORA, **hyper})["jobArn"]
+
+
+def training_ended(client, arn: str, timeout: float = 600) -> dict:
+    def ended():
+        job = client.get_model_customization_job(jobIdentifier=arn)
+        return job if job["status"] in ("Completed", "Failed", "Stopped") else None
+    return wait_until(ended, timeout=timeout, interval=0.5, what=f"{arn} to end")
+
+
+def metric_rows(server, arn: str) -> list[dict]:
+    import csv
+
+    path = server.data_dir / "s3" / OUT / f"model-customization-job-{arn.rsplit('/', 1)[1]}" / TRAINING_CSV
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fine_tuning_runs_as_a_ray_train_job(ray_server):
+    client = ray_server.client()
+    arn = start_fine_tuning(ray_server, 8, {"epochCount": "1", "batchSize": "4"})
+    job = training_ended(client, arn)
+    assert job["status"] == "Completed", job.get("failureMessage")
+    assert {phase["status"] for phase in job["statusDetails"].values()} == {"Completed"}
+    model = client.get_custom_model(modelIdentifier=job["outputModelArn"])
+    assert model["modelStatus"] == "Active" and model["jobArn"] == arn
+    rows = metric_rows(ray_server, arn)
+    assert [int(row["step_number"]) for row in rows] == [1, 2]  # 8 lines, batch 4, one epoch
+    assert all(float(row["training_loss"]) > 0 for row in rows)
+    assert job["trainingMetrics"]["trainingLoss"] == pytest.approx(float(rows[-1]["training_loss"]), rel=1e-6)
+
+
+def test_stop_mid_training_on_ray_train(ray_server):
+    client = ray_server.client()
+    arn = start_fine_tuning(ray_server, 16, {"epochCount": "3", "batchSize": "1"})  # 48 steps
+    wait_until(lambda: "trainingMetrics" in client.get_model_customization_job(jobIdentifier=arn)
+               or client.get_model_customization_job(jobIdentifier=arn)["status"] in ("Completed", "Failed"),
+               timeout=300, interval=0.2, what="the first training step")
+    client.stop_model_customization_job(jobIdentifier=arn)
+    job = training_ended(client, arn, timeout=180)
+    assert job["status"] == "Stopped", job.get("failureMessage")
+    assert job["statusDetails"]["trainingDetails"]["status"] == "Stopped"
+    assert "outputModelArn" not in job
+    assert client.list_custom_models(nameContains=job["outputModelName"])["modelSummaries"] == []
+    rows = metric_rows(ray_server, arn)
+    assert 1 <= len(rows) < 48 and [int(r["step_number"]) for r in rows] == list(range(1, len(rows) + 1))

@@ -244,6 +244,9 @@ class CustomizationHandler(Handler):
     kind = "customization"
 
     def run(self, ctx: JobContext) -> None:
+        if ctx.settings.ray_address:  # this same method, run in a Ray Train worker (jobs/ray_executor.py)
+            from bedrock_local.jobs import ray_executor
+            return ray_executor.run_customization(ctx)
         from bedrock_local.engine import training
 
         with ctx.db.read_session() as session:

@@ -17,7 +17,9 @@ runs on the same processes (`--no-warm` skips it) so that each worker has loaded
 test model loads nothing); a worker that took no warm-up shard pays the load inside the timed job.
 
 Columns: workers, records, seconds, records/s, scaling efficiency = records/s / (N x records/s of
-1 worker), ratio = records/s / records/s of 1 worker (the baseline, measured in the same run).
+1 worker), ratio = records/s / records/s of 1 worker (the baseline, measured in the same run), and the
+phases of the job as the polls saw them: validate (Create to InProgress: pick-up and validation, one
+worker), shards (to every record processed: every worker), merge (to Completed: one worker).
 
     python -m benchmarks.scale                                   # 100,000 test-model records, 1/2/4 workers
     python -m benchmarks.scale --records 20000 --workers 1 2     # quick
@@ -60,6 +62,7 @@ class Row:
     workers: int
     records: int
     seconds: float
+    phases: tuple[float, float, float] | None = None  # to InProgress, shards, merge and end
 
     @property
     def rate(self) -> float:
@@ -151,7 +154,10 @@ def make_records(count: int, smollm2: bool, new_tokens: int, tag: str) -> list[d
                                                          "max_gen_len": 16}} for i in range(count)]
 
 
-def run_job(cluster: Cluster, bedrock, args: argparse.Namespace, count: int, name: str) -> float:
+def run_job(cluster: Cluster, bedrock, args: argparse.Namespace, count: int, name: str) -> tuple[float, tuple]:
+    """Seconds from Create to Completed, and its phases as the polls saw them: until InProgress
+    (queue pick-up and validation, one worker), until every record is processed (the shards, every
+    worker), until Completed (the merge of the parts and the manifest, one worker)."""
     records = make_records(count, args.smollm2, args.new_tokens, name[:1])
     folder = cluster.bucket(INPUT_BUCKET) / name
     folder.mkdir(parents=True)
@@ -166,12 +172,20 @@ def run_job(cluster: Cluster, bedrock, args: argparse.Namespace, count: int, nam
         modelInvocationType="Converse" if args.smollm2 else "InvokeModel",
         inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{INPUT_BUCKET}/{name}/"}},
         outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{OUTPUT_BUCKET}/"}})["jobArn"]
+    in_progress = processed = None
     while True:
         job = bedrock.get_model_invocation_job(jobIdentifier=arn)
+        now = time.perf_counter() - started
+        if in_progress is None and job["status"] != "Submitted" and job["status"] not in ("Validating", "Scheduled"):
+            in_progress = now
+        if processed is None and job.get("processedRecordCount", 0) >= count:
+            processed = now
         if job["status"] in FINAL:
             break
         time.sleep(args.poll)
     seconds = time.perf_counter() - started
+    in_progress = in_progress if in_progress is not None else seconds
+    processed = processed if processed is not None else seconds
     if job["status"] != "Completed":
         raise RuntimeError(f"job {name} ended {job['status']}: {job.get('message')}")
     out = cluster.bucket(OUTPUT_BUCKET) / arn.rsplit("/", 1)[1]
@@ -179,7 +193,7 @@ def run_job(cluster: Cluster, bedrock, args: argparse.Namespace, count: int, nam
     if len(lines) != count or any("error" in line for line in lines):
         raise RuntimeError(f"job {name}: {len(lines)} output lines for {count} records, "
                            f"{sum('error' in line for line in lines)} errors")
-    return seconds
+    return seconds, (in_progress, processed - in_progress, seconds - processed)
 
 
 def worker_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> list[Row]:
@@ -195,8 +209,9 @@ def worker_rows(args: argparse.Namespace, work: Path, database_url: str | None) 
             bedrock = cluster.client()
             if args.warm:
                 run_job(cluster, bedrock, args, min(args.records, count * args.shard_records), f"warm-{count}")
-            seconds = run_job(cluster, bedrock, args, args.records, f"timed-{count}")
-            rows.append(Row(f"{count} worker process{'es' if count > 1 else ''}", count, args.records, seconds))
+            seconds, phases = run_job(cluster, bedrock, args, args.records, f"timed-{count}")
+            rows.append(Row(f"{count} worker process{'es' if count > 1 else ''}", count, args.records, seconds,
+                            phases))
             print(f"  {count} worker(s): {args.records} records in {seconds:.2f} s", flush=True)
         finally:
             cluster.stop()
@@ -206,10 +221,51 @@ def worker_rows(args: argparse.Namespace, work: Path, database_url: str | None) 
 
 
 def ray_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> list[Row]:
-    """TODO(Ray executor): the rows of the same job run through a Ray cluster with 1 and 2 actors
-    (another helper adds them here: a RecordRunner subclass swapped in by
-    jobs/batch_inference.py `make_runner`). Until then: no rows."""
-    return []
+    """The same job through the Ray executor (`--ray-address`, jobs/ray_executor.py): one worker process
+    drives it, its records run as Ray Data windows on a local one-node Ray cluster (`ray start --head`)
+    of 1, then 2 CPUs, so a pool of 1, then 2 model actors. Each window starts its actors (and loads
+    the model in them) anew: with the test model that start-up is what these rows measure."""
+    rows = []
+    for actors in (1, 2):
+        temp = Path(tempfile.mkdtemp(prefix="brl-ray-", dir="/tmp"))  # Ray's socket paths must stay short
+        port = free_port()
+        command = ["ray", "start", "--head", "--port", str(port), "--num-cpus", str(actors), "--temp-dir", str(temp),
+                   "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--block"]
+        for flag in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                     "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"):
+            command += [flag, str(free_port())]
+        head = subprocess.Popen(command, stdout=open(work / f"ray-{actors}.log", "ab"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        schema, url = make_schema(database_url) if database_url else (None, None)
+        cluster = Cluster(work / f"ray-{actors}", 1, args, url)
+        common = cluster.common
+        cluster.common = lambda: common() + ["--ray-address", f"127.0.0.1:{port}"]
+        try:
+            deadline = time.monotonic() + 120
+            while subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"], capture_output=True).returncode:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Ray head did not start:\n{(work / f'ray-{actors}.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+            cluster.start()
+            bedrock = cluster.client()
+            if args.warm:
+                run_job(cluster, bedrock, args, min(args.records, args.shard_records), f"warm-ray-{actors}")
+            seconds, phases = run_job(cluster, bedrock, args, args.records, f"timed-ray-{actors}")
+            rows.append(Row(f"Ray, {actors} actor{'s' if actors > 1 else ''}", actors, args.records, seconds, phases))
+            print(f"  Ray, {actors} actor(s): {args.records} records in {seconds:.2f} s", flush=True)
+        finally:
+            cluster.stop()
+            for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:  # every process of the Ray node
+                try:
+                    if os.getsid(pid) == head.pid:
+                        os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            head.wait(30)
+            shutil.rmtree(temp, ignore_errors=True)
+            if schema:
+                drop_schema(database_url, schema)
+    return rows
 
 
 def make_schema(base_url: str) -> tuple[str, str]:
@@ -234,15 +290,20 @@ def drop_schema(base_url: str, schema: str) -> None:
 
 def print_table(rows: list[Row]) -> None:
     base = next((row for row in rows if row.workers == 1 and row.label.endswith("process")), rows[0])
-    header = f"{'run':<24} {'workers':>7} {'records':>9} {'seconds':>8} {'records/s':>10} {'efficiency':>10} {'ratio':>6}"
+    header = (f"{'run':<24} {'workers':>7} {'records':>9} {'seconds':>8} {'records/s':>10} {'efficiency':>10} "
+              f"{'ratio':>6}   {'validate':>8} {'shards':>8} {'merge':>8}")
     print(header)
     print("-" * len(header))
     for row in rows:
         efficiency = row.rate / (row.workers * base.rate)
-        print(f"{row.label:<24} {row.workers:>7} {row.records:>9} {row.seconds:>8.2f} {row.rate:>10.0f} "
-              f"{efficiency:>10.2f} {row.rate / base.rate:>5.2f}x")
+        rate = f"{row.rate:.0f}" if row.rate >= 100 else f"{row.rate:.2f}"
+        phases = "".join(f" {seconds:>8.2f}" for seconds in row.phases) if row.phases else ""
+        print(f"{row.label:<24} {row.workers:>7} {row.records:>9} {row.seconds:>8.2f} {rate:>10} "
+              f"{efficiency:>10.2f} {row.rate / base.rate:>5.2f}x  {phases}")
     print(f"baseline: {base.label} ({base.rate:.0f} records/s); efficiency = records/s / (workers x baseline); "
           f"ratio = records/s / baseline")
+    print("phases (seconds, as the 0.05 s polls saw them): validate = Create to InProgress (pick-up and validation "
+          "by one worker); shards = to every record processed (all workers); merge = to Completed (one worker)")
 
 
 def main(argv: list[str] | None = None) -> int:

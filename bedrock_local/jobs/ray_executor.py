@@ -32,14 +32,16 @@ from bedrock_local.settings import Settings
 log = logging.getLogger("bedrock_local.ray")
 
 # Records per window (one Ray Data pipeline each) when the environment does not say
-# (BEDROCK_LOCAL_RAY_WINDOW_RECORDS): per-actor batches x actors x WINDOW_BATCHES_PER_ACTOR.
+# (BEDROCK_LOCAL_RAY_WINDOW_RECORDS): per-actor batches x actors x batches per actor. Each window
+# starts its actors anew (~3 s on a 2-core machine, plus the model's load): a real model's window is
+# minutes of work; a test model's records take microseconds, so its windows are larger.
 WINDOW_ENV = "BEDROCK_LOCAL_RAY_WINDOW_RECORDS"
 WINDOW_BATCHES_PER_ACTOR = 16
+TEST_MODEL_WINDOW_BATCHES_PER_ACTOR = 128
 WINDOW_ATTEMPTS = 4  # runs of one window before the job fails (a node lost each time)
 RETRY_PAUSE_SECONDS = 2.0
 
 _connect_lock = threading.Lock()
-_NO_RESTARTS = {"max_restarts": 0, "max_task_retries": 0}  # Ray remote options of the model actors
 
 
 def connect(settings: Settings) -> None:
@@ -75,10 +77,18 @@ def portable(settings: Settings) -> Settings:
     """The settings for a process of the cluster: absolute paths (a Ray worker has its own working
     directory) and no ray_address (the work is run there, not sent on again)."""
     return dataclasses.replace(settings, data_dir=settings.data_dir.resolve(), cache_root=settings.cache_dir.resolve(),
+                               model_aliases=settings.model_aliases and settings.model_aliases.resolve(),
                                ray_address=None)
 
 
 # ---- batch inference ---------------------------------------------------------------------------
+
+def _no_restarts() -> dict:
+    """Ray options of the model actors: no restarts, no task retries. An actor lost with its node fails
+    the window, which then runs again (RayRecordRunner.run) on the nodes left, instead of waiting for
+    the resources of the lost node to come back."""
+    return {"max_restarts": 0, "max_task_retries": 0}
+
 
 class _ModelActor:
     """One model on one Ray worker: turns rows {start, payload: JSON list of records} into rows
@@ -131,7 +141,8 @@ class RayRecordRunner:
     def chunk_size(self) -> int:
         if os.environ.get(WINDOW_ENV):
             return max(1, int(os.environ[WINDOW_ENV]))
-        return self.batch * self._pool() * WINDOW_BATCHES_PER_ACTOR
+        per_actor = TEST_MODEL_WINDOW_BATCHES_PER_ACTOR if self.local is not None else WINDOW_BATCHES_PER_ACTOR
+        return self.batch * self._pool() * per_actor
 
     def job_fault(self, records: list[dict], done: int):
         return self.local.job_fault(records, done) if self.local is not None else None
@@ -164,11 +175,8 @@ class RayRecordRunner:
         pool = min(self._pool(), len(items))
         dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
             _ModelActor, fn_constructor_args=(self.settings, self.source.to_json(), self.invocation_type),
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=pool),
-            **({"num_gpus": 1} if self.gpus else {"num_cpus": 1}),
-            # no restarts: an actor lost with its node fails the window, which runs again (run) on the
-            # nodes left, instead of waiting for resources the lost node had
-            **_NO_RESTARTS)
+            batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool, initial_size=pool),
+            **({"num_gpus": 1} if self.gpus else {"num_cpus": 1}), ray_remote_args_fn=_no_restarts)
         rows = []
         for row in dataset.iter_rows():
             rows.append((int(row["start"]), row["lines"]))

@@ -321,3 +321,31 @@ def test_stop_mid_training_on_ray_train(ray_server):
     assert client.list_custom_models(nameContains=job["outputModelName"])["modelSummaries"] == []
     rows = metric_rows(ray_server, arn)
     assert 1 <= len(rows) < 48 and [int(r["step_number"]) for r in rows] == list(range(1, len(rows) + 1))
+
+
+def test_kill_9_mid_training_then_restart_resumes_the_ray_train_job_from_its_checkpoint(ray_cluster, make_server):
+    import re
+
+    server = make_server("ft-crash", lease_seconds=2, extra_args=("--ray-address", ray_cluster.address),
+                         env={"BEDROCK_LOCAL_CHECKPOINT_STEPS": "2"})  # reaches the Ray Train worker too
+    client = server.client()
+    arn = start_fine_tuning(server, 10, {"epochCount": "1", "batchSize": "1"})  # 10 steps
+    csv_path = server.data_dir / "s3" / OUT / f"model-customization-job-{arn.rsplit('/', 1)[1]}" / TRAINING_CSV
+    # the CSV is written once a checkpoint is stored and recorded on the job
+    wait_until(lambda: csv_path.exists() or client.get_model_customization_job(jobIdentifier=arn)["status"]
+               in ("Completed", "Failed", "Stopped"), timeout=600, interval=0.05, what="a stored checkpoint")
+    assert client.get_model_customization_job(jobIdentifier=arn)["status"] == "InProgress"
+    server.kill()  # the driver; the Ray Train job it owns ends with it
+    before = metric_rows(server, arn)
+    assert before and len(before) % 2 == 0
+    log_size = server.log.stat().st_size
+    client = server.start().client()
+    job = training_ended(client, arn)
+    assert job["status"] == "Completed", job.get("failureMessage")
+    rows = metric_rows(server, arn)
+    assert [int(row["step_number"]) for row in rows] == list(range(1, 11))  # every step once
+    assert rows[:len(before)] == before  # the steps before the checkpoint were kept
+    after_restart = server.log.read_bytes()[log_size:].decode(errors="replace")
+    resumed = re.search(r"job \d+: resuming from checkpoint-(\d+) \(step (\d+)\)", after_restart)
+    assert resumed and int(resumed.group(1)) >= len(before), after_restart[-3000:]
+    assert client.get_custom_model(modelIdentifier=job["outputModelArn"])["modelStatus"] == "Active"

@@ -51,7 +51,8 @@ def connect(settings: Settings) -> None:
     with _connect_lock:
         if ray.is_initialized():
             return
-        ray.init(address=settings.ray_address, logging_level=logging.WARNING, log_to_driver=False,
+        # log_to_driver: what the actors and the Ray Train worker log shows in this worker's log
+        ray.init(address=settings.ray_address, logging_level=logging.WARNING, log_to_driver=True,
                  configure_logging=False)
         from ray.data import DataContext
 
@@ -191,6 +192,14 @@ class RayRecordRunner:
 
 # ---- customization -----------------------------------------------------------------------------
 
+def job_environment() -> dict:
+    """The driver's settings that live in its environment (BEDROCK_LOCAL_*, e.g. a fixed checkpoint
+    spacing; offline switches of the Hugging Face libraries), for the Ray process that runs the job:
+    it has the environment of its `ray start`, not this one's."""
+    return {name: value for name, value in os.environ.items()
+            if name.startswith("BEDROCK_LOCAL_") or name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+
+
 def _train_loop(description: dict) -> None:
     """The Ray Train worker: CustomizationHandler.run on a JobContext of its own, under the driver's lease."""
     from bedrock_local.engine import aliases
@@ -199,6 +208,7 @@ def _train_loop(description: dict) -> None:
     from bedrock_local.store.database import open_database
 
     settings = description["settings"]
+    os.environ.update(description["environment"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     aliases.install(settings.model_aliases)
     ctx = JobContext(open_database(settings.resolved_database_url, migrate=False),
@@ -233,7 +243,7 @@ def run_customization(ctx: JobContext) -> None:
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config={"settings": settings, "claim": ctx.claim, "worker_id": ctx.worker_id,
-                           "checkpoint": dict(ctx.checkpoint)},
+                           "checkpoint": dict(ctx.checkpoint), "environment": job_environment()},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus),
         run_config=RunConfig(name=f"customization-{ctx.claim.job_pk}-{ctx.claim.attempts}-{uuid.uuid4().hex[:6]}",
                              storage_path=str(storage), failure_config=FailureConfig(max_failures=0)))

@@ -9,6 +9,7 @@ Outputs are checked against the test model's documented function (engine/test_mo
 Llama prompt is answered with its words in reverse order). The test reads the `batch_shards` table
 only to see what the API does not show (which worker ran which shard)."""
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -278,22 +279,27 @@ def test_a_job_is_split_across_workers_and_survives_kill_9_of_its_coordinator(cl
 @pytest.mark.timeout(300)
 def test_stop_ends_every_shard_and_keeps_their_finished_lines(cluster, buckets):
     in_bucket, out_bucket = buckets
-    files = {f"part-{i}.jsonl": records(f"p{i}-", 20_000) for i in range(3)}
-    total = 60_000
+    files = {f"part-{i}.jsonl": records(f"p{i}-", 30_000) for i in range(3)}
+    total = 90_000
     creator, reader = cluster.api[1].client(), cluster.api[0].client()
     arn = create_job(creator, put_input(cluster, in_bucket, files), out_bucket)
     wait_until(lambda: len({r.lease_owner for r in cluster.shards(arn) if r.state == "running"}) == 2
                or reader.get_model_invocation_job(jobIdentifier=arn)["status"] in FINAL,
                timeout=90, interval=0.01, what="both workers to run a shard")
-    for index in range(2):  # freeze the workers so the Stop lands mid-job whatever the machine's speed
+    # the workers are frozen so that the Stop lands mid-job whatever the machine's speed; it is sent from a
+    # thread, as a worker frozen inside a transaction may hold the job's row lock until it runs again
+    for index in range(2):
         cluster.signal_worker(index, signal.SIGSTOP)
-    try:
-        running = reader.get_model_invocation_job(jobIdentifier=arn)
-        assert running["status"] == "InProgress" and running.get("processedRecordCount", 0) < total, running.get("message")
-        creator.stop_model_invocation_job(jobIdentifier=arn)
-    finally:
-        for index in range(2):
-            cluster.signal_worker(index, signal.SIGCONT)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        try:
+            running = reader.get_model_invocation_job(jobIdentifier=arn)
+            assert running["status"] == "InProgress" and running.get("processedRecordCount", 0) < total, running
+            stop = pool.submit(creator.stop_model_invocation_job, jobIdentifier=arn)
+            time.sleep(0.5)
+        finally:
+            for index in range(2):
+                cluster.signal_worker(index, signal.SIGCONT)
+        stop.result(timeout=60)
     job = wait_final(reader, arn)
     assert job["status"] == "Stopped", job
     assert 0 < job["processedRecordCount"] < total

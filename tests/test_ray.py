@@ -122,10 +122,13 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def records(count: int, tag: str = "r") -> list[dict]:
+def records(count: int, tag: str = "r", faults: dict[int, str] | None = None) -> list[dict]:
+    """Converse records for the test model; `faults` puts a [[fault:NAME]] directive in records by number."""
+    faults = faults or {}
     return [{"recordId": f"{tag}{n:06d}",
-             "modelInput": {"messages": [{"role": "user", "content": [{"text": f"record {n} says hello to ray"}]}],
-                            "inferenceConfig": {"maxTokens": 3 + n % 5}}} for n in range(count)]
+             "modelInput": {"messages": [{"role": "user", "content": [
+                 {"text": f"record {n} says hello to ray" + (f" [[fault:{faults[n]}]]" if n in faults else "")}]}],
+                 "inferenceConfig": {"maxTokens": 3 + n % 5}}} for n in range(count)]
 
 
 def put_input(server, files: dict[str, list[dict]]) -> str:
@@ -174,7 +177,8 @@ def ray_server(ray_cluster, tmp_path_factory):
 # ---- batch inference -------------------------------------------------------------------------------
 
 def test_batch_job_on_ray_writes_what_the_local_path_writes(ray_server, make_server):
-    files = {"a.jsonl": records(1200, "a"), "sub/b.jsonl": records(130, "b")}
+    errors = {n: "throttle" for n in range(5, 1200, 97)} | {1100: "model-error"}  # error lines, as AWS writes them
+    files = {"a.jsonl": records(1200, "a", errors), "sub/b.jsonl": records(130, "b")}
     local = make_server("local")
     outputs = {}
     for server in (ray_server, local):
@@ -188,7 +192,8 @@ def test_batch_job_on_ray_writes_what_the_local_path_writes(ray_server, make_ser
     (ray_job, ray_files, ray_manifest), (local_job, local_files, local_manifest) = outputs[True], outputs[False]
     assert ray_files == local_files  # byte for byte, in input order
     assert ray_manifest == local_manifest
-    assert ray_manifest["totalRecordCount"] == ray_manifest["successRecordCount"] == 1330
+    assert ray_manifest["totalRecordCount"] == 1330 and ray_manifest["errorRecordCount"] == len(errors)
+    assert ray_manifest["successRecordCount"] == 1330 - len(errors)
     assert ray_manifest["outputTokenCount"] > 0
     for name in ("totalRecordCount", "processedRecordCount", "successRecordCount", "errorRecordCount"):
         assert ray_job[name] == local_job[name] == ray_manifest[name]
@@ -212,6 +217,26 @@ def test_stop_ends_a_ray_job_between_windows_with_its_finished_records(ray_serve
     assert [line["recordId"] for line in lines] == [f"r{n:06d}" for n in range(len(lines))]  # a prefix, once each
     manifest = json.loads((job_folder(ray_server, arn) / "manifest.json.out").read_text())
     assert manifest["processedRecordCount"] == len(lines)
+
+
+def test_a_record_that_fails_the_job_on_ray_keeps_the_records_before_it(ray_server):
+    client = ray_server.client()
+    arn = create_job(client, put_input(ray_server, {"f.jsonl": records(1500, "f", {700: "job-fail"})}))
+    job = wait_final(client, arn)
+    assert job["status"] == "Failed" and "[[fault:job-fail]]" in job["message"], job.get("message")
+    lines = read_lines(job_folder(ray_server, arn) / "f.jsonl.out")
+    assert [line["recordId"] for line in lines] == [f"f{n:06d}" for n in range(700)]
+    assert job["processedRecordCount"] == 700
+
+
+def test_an_unreachable_ray_address_fails_the_job_with_a_clear_message(make_server):
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    server = make_server("unreachable", extra_args=("--ray-address", address))
+    client = server.client()
+    arn = create_job(client, put_input(server, {"u.jsonl": records(3, "u")}))
+    job = wait_final(client, arn, timeout=120)
+    assert job["status"] == "Failed"
+    assert f"The Ray cluster at {address} (--ray-address) cannot be reached" in job["message"], job["message"]
 
 
 def test_a_ray_node_killed_mid_job_loses_no_record_and_repeats_none(ray_cluster, ray_server):

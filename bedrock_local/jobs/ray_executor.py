@@ -22,6 +22,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ def connect(settings: Settings) -> None:
     with _connect_lock:
         if ray.is_initialized():
             return
+        _check_reachable(settings.ray_address)
         # log_to_driver: what the actors and the Ray Train worker log shows in this worker's log
         ray.init(address=settings.ray_address, logging_level=logging.WARNING, log_to_driver=True,
                  configure_logging=False)
@@ -60,6 +62,18 @@ def connect(settings: Settings) -> None:
         data.enable_progress_bars = False
         data.execution_options.preserve_order = True
         log.info("joined the Ray cluster at %s: %s", settings.ray_address, alive_resources())
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once, with a message a user can act on, when nothing listens at a host:port address
+    (ray.init would wait minutes for it)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", ray://...: left to ray.init
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise RuntimeError(f"The Ray cluster at {address} (--ray-address) cannot be reached: {exc}.") from None
 
 
 def alive_resources() -> dict:

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 
 from bedrock_local.jobs.worker import JobContext, JobStopped, LeaseLost
 from bedrock_local.settings import Settings
@@ -188,10 +189,12 @@ class RayRecordRunner:
         import ray
 
         pool = min(self._pool(), len(items))
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _ModelActor, fn_constructor_args=(self.settings, self.source.to_json(), self.invocation_type),
-            batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool, initial_size=pool),
-            **({"num_gpus": 1} if self.gpus else {"num_cpus": 1}), ray_remote_args_fn=_no_restarts)
+        with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args_fn (for 2.64) with no other
+            warnings.simplefilter("ignore", DeprecationWarning)  # way to set an actor pool's max_restarts
+            dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _ModelActor, fn_constructor_args=(self.settings, self.source.to_json(), self.invocation_type),
+                batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool, initial_size=pool),
+                **({"num_gpus": 1} if self.gpus else {"num_cpus": 1}), ray_remote_args_fn=_no_restarts)
         rows = []
         for row in dataset.iter_rows():
             rows.append((int(row["start"]), row["lines"]))

@@ -241,7 +241,7 @@ def test_an_unreachable_ray_address_fails_the_job_with_a_clear_message(make_serv
 
 def test_a_ray_node_killed_mid_job_loses_no_record_and_repeats_none(ray_cluster, ray_server):
     client = ray_server.client()
-    total = 5_000
+    total = 3_500
     arn = create_job(client, put_input(ray_server, {"kill.jsonl": records(total, "k")}))
     try:
         wait_until(lambda: (client.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount") or 0) > 0,

@@ -97,6 +97,14 @@ def portable(settings: Settings) -> Settings:
                                ray_address=None)
 
 
+def job_environment() -> dict:
+    """The driver's settings that live in its environment (BEDROCK_LOCAL_*, e.g. a fixed checkpoint
+    spacing; offline switches of the Hugging Face libraries), for the Ray processes that run the job's
+    work (model actors, the Ray Train worker): they have the environment of their `ray start`."""
+    return {name: value for name, value in os.environ.items()
+            if name.startswith("BEDROCK_LOCAL_") or name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+
+
 # ---- batch inference ---------------------------------------------------------------------------
 
 def _no_restarts() -> dict:
@@ -110,7 +118,7 @@ class _ModelActor:
     """One model on one Ray worker: turns rows {start, payload: JSON list of records} into rows
     {start, lines: JSON list of [output line, input tokens, output tokens]}."""
 
-    def __init__(self, settings: Settings, source: dict, invocation_type: str):
+    def __init__(self, settings: Settings, source: dict, invocation_type: str, environment: dict):
         from types import SimpleNamespace
 
         from bedrock_local.engine import aliases
@@ -118,6 +126,7 @@ class _ModelActor:
         from bedrock_local.jobs.model_sources import ModelSource
         from bedrock_local.storage import open_object_store
 
+        os.environ.update(environment)
         aliases.install(settings.model_aliases)
         objects = open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
         self.runner = RecordRunner(SimpleNamespace(settings=settings, objects=objects),
@@ -181,7 +190,8 @@ class RayRecordRunner:
                 log.warning("job %s: the window of records %d-%d failed on Ray (%s: %s); running it again",
                             self.ctx.claim.job_pk, start + 1, start + len(records), type(exc).__name__,
                             str(exc)[:300])
-                self.ctx.check()
+                if hasattr(self.ctx, "check"):  # a job's Stop or lost lease (a shard's ends at its boundary)
+                    self.ctx.check()
                 time.sleep(RETRY_PAUSE_SECONDS)
         raise AssertionError("unreachable")
 
@@ -192,7 +202,8 @@ class RayRecordRunner:
         with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args_fn (for 2.64) with no other
             warnings.simplefilter("ignore", DeprecationWarning)  # way to set an actor pool's max_restarts
             dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _ModelActor, fn_constructor_args=(self.settings, self.source.to_json(), self.invocation_type),
+                _ModelActor, fn_constructor_args=(self.settings, self.source.to_json(), self.invocation_type,
+                                                 job_environment()),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool, initial_size=pool),
                 **({"num_gpus": 1} if self.gpus else {"num_cpus": 1}), ray_remote_args_fn=_no_restarts)
         rows = []
@@ -208,14 +219,6 @@ class RayRecordRunner:
 
 
 # ---- customization -----------------------------------------------------------------------------
-
-def job_environment() -> dict:
-    """The driver's settings that live in its environment (BEDROCK_LOCAL_*, e.g. a fixed checkpoint
-    spacing; offline switches of the Hugging Face libraries), for the Ray process that runs the job:
-    it has the environment of its `ray start`, not this one's."""
-    return {name: value for name, value in os.environ.items()
-            if name.startswith("BEDROCK_LOCAL_") or name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-
 
 def _train_loop(description: dict) -> None:
     """The Ray Train worker: CustomizationHandler.run on a JobContext of its own, under the driver's lease."""

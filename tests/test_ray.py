@@ -348,27 +348,53 @@ def test_stop_mid_training_on_ray_train(ray_server):
     assert 1 <= len(rows) < 48 and [int(r["step_number"]) for r in rows] == list(range(1, len(rows) + 1))
 
 
-def test_kill_9_mid_training_then_restart_resumes_the_ray_train_job_from_its_checkpoint(ray_cluster, make_server):
+def _train_worker_pids() -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and b"RayTrainWorker" in open(f"/proc/{entry}/cmdline", "rb").read():
+                found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_lost_train_worker_and_a_killed_driver_both_resume_the_ray_train_job_from_its_checkpoint(
+        ray_cluster, make_server):
     import re
 
     server = make_server("ft-crash", lease_seconds=2, extra_args=("--ray-address", ray_cluster.address),
                          env={"BEDROCK_LOCAL_CHECKPOINT_STEPS": "2"})  # reaches the Ray Train worker too
     client = server.client()
-    arn = start_fine_tuning(server, 10, {"epochCount": "1", "batchSize": "1"})  # 10 steps
+    arn = start_fine_tuning(server, 14, {"epochCount": "1", "batchSize": "1"})  # 14 steps
     csv_path = server.data_dir / "s3" / OUT / f"model-customization-job-{arn.rsplit('/', 1)[1]}" / TRAINING_CSV
-    # the CSV is written once a checkpoint is stored and recorded on the job
-    wait_until(lambda: csv_path.exists() or client.get_model_customization_job(jobIdentifier=arn)["status"]
-               in ("Completed", "Failed", "Stopped"), timeout=600, interval=0.05, what="a stored checkpoint")
+
+    def rows_past(count: int):  # the CSV is written each time a checkpoint is stored and recorded on the job
+        status = client.get_model_customization_job(jobIdentifier=arn)["status"]
+        return status in ("Completed", "Failed", "Stopped") or (csv_path.exists() and len(metric_rows(server, arn)) > count)
+
+    # 1. the Ray Train worker process is lost (kill -9): the driver runs the Ray Train job again
+    wait_until(lambda: rows_past(0), timeout=600, interval=0.05, what="a stored checkpoint")
     assert client.get_model_customization_job(jobIdentifier=arn)["status"] == "InProgress"
-    server.kill()  # the driver; the Ray Train job it owns ends with it
+    pids = _train_worker_pids()
+    assert pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    first = metric_rows(server, arn)
+    wait_until(lambda: rows_past(len(first)), timeout=600, interval=0.05, what="a checkpoint after the retry")
+    assert client.get_model_customization_job(jobIdentifier=arn)["status"] == "InProgress"
+    log = server.log.read_bytes().decode(errors="replace")
+    assert "was lost" in log and "training again from the job's last checkpoint" in log, log[-3000:]
+    # 2. the driver (the worker process, with the server) is killed: a restarted one takes the job back
+    server.kill()
     before = metric_rows(server, arn)
-    assert before and len(before) % 2 == 0
+    assert len(before) > len(first) and len(before) % 2 == 0 and before[:len(first)] == first
     log_size = server.log.stat().st_size
     client = server.start().client()
     job = training_ended(client, arn)
     assert job["status"] == "Completed", job.get("failureMessage")
     rows = metric_rows(server, arn)
-    assert [int(row["step_number"]) for row in rows] == list(range(1, 11))  # every step once
+    assert [int(row["step_number"]) for row in rows] == list(range(1, 15))  # every step once
     assert rows[:len(before)] == before  # the steps before the checkpoint were kept
     after_restart = server.log.read_bytes()[log_size:].decode(errors="replace")
     resumed = re.search(r"job \d+: resuming from checkpoint-(\d+) \(step (\d+)\)", after_restart)

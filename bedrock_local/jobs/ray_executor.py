@@ -15,7 +15,9 @@ compute to a Ray cluster.
   preparation, checkpoints, step metrics and publishing) inside a Ray Train TorchTrainer worker
   (`num_workers=1`, a GPU when the cluster has one), with a JobContext rebuilt there from a picklable
   description (settings, claim, worker id, checkpoint): it writes to the same database under the
-  driver's lease. JobStopped, LeaseLost and failures raised there are raised again on the driver.
+  driver's lease. JobStopped, LeaseLost and failures raised there are raised again on the driver. A
+  Ray Train worker lost (its process or its node) runs again from the checkpoint recorded on the job;
+  a driver lost ends the Ray Train job it owns, and the worker that takes the job back starts another.
 """
 
 import dataclasses
@@ -42,6 +44,7 @@ WINDOW_BATCHES_PER_ACTOR = 16
 TEST_MODEL_WINDOW_BATCHES_PER_ACTOR = 128
 WINDOW_ATTEMPTS = 4  # runs of one window before the job fails (a node lost each time)
 RETRY_PAUSE_SECONDS = 2.0
+TRAIN_ATTEMPTS = 3  # Ray Train runs of one customization job before it fails (its worker's node lost each time)
 
 _connect_lock = threading.Lock()
 
@@ -221,19 +224,26 @@ class RayRecordRunner:
 # ---- customization -----------------------------------------------------------------------------
 
 def _train_loop(description: dict) -> None:
-    """The Ray Train worker: CustomizationHandler.run on a JobContext of its own, under the driver's lease."""
+    """The Ray Train worker: CustomizationHandler.run on a JobContext of its own, under the driver's
+    lease, from the checkpoint recorded on the job now (a run again after a lost node starts there)."""
     from bedrock_local.engine import aliases
+    from bedrock_local.jobs import queue
     from bedrock_local.jobs.customization import CustomizationHandler
     from bedrock_local.storage import open_object_store
     from bedrock_local.store.database import open_database
+    from bedrock_local.store.schema import Job
 
-    settings = description["settings"]
+    settings, claim = description["settings"], description["claim"]
     os.environ.update(description["environment"])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     aliases.install(settings.model_aliases)
-    ctx = JobContext(open_database(settings.resolved_database_url, migrate=False),
-                     open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options),
-                     settings, description["claim"], description["worker_id"], dict(description["checkpoint"]))
+    db = open_database(settings.resolved_database_url, migrate=False)
+    with db.read_session() as session:
+        job = session.get(Job, claim.job_pk)
+        checkpoint = dict(job.checkpoint or {}) if job is not None else dict(description["checkpoint"])
+    checkpoint.pop(queue.SAVED_IN_ATTEMPT, None)
+    ctx = JobContext(db, open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options),
+                     settings, claim, description["worker_id"], checkpoint)
     CustomizationHandler().run(ctx)
 
 
@@ -250,31 +260,51 @@ def _original(exc: BaseException) -> BaseException:
     return exc
 
 
+def _lost_to_ray(exc: BaseException) -> bool:
+    """The Ray Train worker or its node was lost (not an error of the job's own code)."""
+    import ray.exceptions as errors
+    from ray.train.v2._internal import exceptions as train_errors
+
+    return isinstance(exc, (errors.RayActorError, errors.NodeDiedError, errors.WorkerCrashedError,
+                            errors.ObjectLostError, errors.RaySystemError,
+                            train_errors.WorkerHealthCheckFailedError, train_errors.WorkerHealthCheckTimeoutError,
+                            train_errors.WorkerGroupStartupFailedError))
+
+
 def run_customization(ctx: JobContext) -> None:
-    """Run the customization job of `ctx` as a Ray Train job; returns when it ended as the local path would."""
+    """Run the customization job of `ctx` as a Ray Train job; returns when it ended as the local path
+    would. A Ray Train worker lost with its node is started again (TRAIN_ATTEMPTS in all) from the
+    checkpoint recorded on the job, as a worker taken back after a crash would."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     connect(ctx.settings)
     settings = portable(ctx.settings)
-    gpus = alive_resources()["GPU"] >= 1
     storage = settings.cache_dir / "ray-train"
     storage.mkdir(parents=True, exist_ok=True)
-    trainer = TorchTrainer(
-        _train_loop,
-        train_loop_config={"settings": settings, "claim": ctx.claim, "worker_id": ctx.worker_id,
-                           "checkpoint": dict(ctx.checkpoint), "environment": job_environment()},
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus),
-        run_config=RunConfig(name=f"customization-{ctx.claim.job_pk}-{ctx.claim.attempts}-{uuid.uuid4().hex[:6]}",
-                             storage_path=str(storage), failure_config=FailureConfig(max_failures=0)))
-    log.info("job %s: training as a Ray Train job on %s", ctx.claim.job_pk, ctx.settings.ray_address)
-    try:
-        trainer.fit()
-    except Exception as exc:
-        original = _original(exc)
-        if isinstance(original, (JobStopped, LeaseLost)):
-            raise original.__class__() from None
-        log.error("job %s: the Ray Train job failed: %s", ctx.claim.job_pk, exc)
-        if original is not exc and isinstance(original, Exception) and str(original):
-            raise RuntimeError(str(original)) from None
-        raise RuntimeError(f"The Ray Train job failed: {str(exc)[:1500]}") from None
+    for attempt in range(1, TRAIN_ATTEMPTS + 1):
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config={"settings": settings, "claim": ctx.claim, "worker_id": ctx.worker_id,
+                               "checkpoint": dict(ctx.checkpoint), "environment": job_environment()},
+            scaling_config=ScalingConfig(num_workers=1, use_gpu=alive_resources()["GPU"] >= 1),
+            run_config=RunConfig(name=f"customization-{ctx.claim.job_pk}-{ctx.claim.attempts}-{uuid.uuid4().hex[:6]}",
+                                 storage_path=str(storage), failure_config=FailureConfig(max_failures=0)))
+        log.info("job %s: training as a Ray Train job on %s", ctx.claim.job_pk, ctx.settings.ray_address)
+        try:
+            trainer.fit()
+            return
+        except Exception as exc:
+            original = _original(exc)
+            if isinstance(original, (JobStopped, LeaseLost)):
+                raise original.__class__() from None
+            if _lost_to_ray(original) and attempt < TRAIN_ATTEMPTS:
+                log.warning("job %s: the Ray Train worker was lost (%s: %s); training again from the job's "
+                            "last checkpoint", ctx.claim.job_pk, type(original).__name__, str(original)[:300])
+                ctx.check()
+                time.sleep(RETRY_PAUSE_SECONDS)
+                continue
+            log.error("job %s: the Ray Train job failed: %s", ctx.claim.job_pk, exc)
+            if original is not exc and isinstance(original, Exception) and str(original):
+                raise RuntimeError(str(original)) from None
+            raise RuntimeError(f"The Ray Train job failed: {str(exc)[:1500]}") from None

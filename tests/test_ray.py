@@ -1,7 +1,9 @@
 """The Ray executor (`--ray-address`, jobs/ray_executor.py) against a real local Ray cluster of two
 nodes started here (`ray start`): batch inference as a Ray Data pipeline gives the local path's
 outputs and counts, honours Stop, and survives the loss of a Ray node with every record exactly
-once; a fine-tuning job runs as a Ray Train job and publishes its model."""
+once; a fine-tuning job runs as a Ray Train job and publishes its model. One test runs the issue's
+whole picture: two API nodes and two Ray-driving workers on PostgreSQL and S3 (moto), losing a
+worker and a Ray node mid-job."""
 
 import json
 import os
@@ -274,6 +276,78 @@ def test_kill_9_of_the_driver_mid_job_then_restart_resumes_on_ray(ray_cluster, m
     lines = read_lines(job_folder(server, arn) / "crash.jsonl.out")
     assert [line["recordId"] for line in lines] == [f"c{n:06d}" for n in range(total)]
     assert job["processedRecordCount"] == job["successRecordCount"] == total
+
+
+def test_api_nodes_and_workers_on_postgres_and_s3_lose_a_worker_and_a_ray_node(ray_cluster, postgres_url, moto_s3,
+                                                                             tmp_path):
+    """The issue's whole picture: two API nodes (`serve --workers 0`) and two `bedrock-local worker`
+    processes driving Ray, on one PostgreSQL schema and one S3 endpoint (moto). A job of several shards
+    is created through one API node and read through the other; mid-job one worker is killed with
+    kill -9 and so is the non-head Ray node. The job completes with every record exactly once."""
+    import sys
+
+    from conftest import SHARED_CACHE, Server, s3_client
+
+    shard = 600
+    common = ("--serving-workers", "0", "--batch-shard-records", str(shard))
+    api = [Server(tmp_path / f"api-{n}", workers=0, database_url=postgres_url, s3_endpoint_url=moto_s3,
+                  lease_seconds=3.0, extra_args=common) for n in range(2)]
+    workers: list[subprocess.Popen] = []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "BEDROCK_LOCAL_RAY_WINDOW_RECORDS": "200"}
+    s3 = s3_client(moto_s3)
+    in_bucket, out_bucket = unique("ray-pg-in"), unique("ray-pg-out")
+    try:
+        for server in api:
+            server.start()
+        for n in range(2):
+            command = [sys.executable, "-m", "bedrock_local.cli", "worker", "--data-dir", str(tmp_path / f"worker-{n}"),
+                       "--database-url", postgres_url, "--s3-endpoint-url", moto_s3, "--lease-seconds", "3",
+                       "--cache-dir", str(SHARED_CACHE), "--batch-shard-records", str(shard),
+                       "--quota", "all=unlimited", "--ray-address", ray_cluster.address]
+            workers.append(subprocess.Popen(command, stdout=open(tmp_path / f"worker-{n}.log", "ab"),
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        for bucket in (in_bucket, out_bucket):
+            s3.create_bucket(Bucket=bucket)
+        total = 3_000
+        s3.put_object(Bucket=in_bucket, Key="in/pg.jsonl",
+                      Body="".join(json.dumps(line) + "\n" for line in records(total, "p")).encode())
+        arn = api[0].client().create_model_invocation_job(
+            jobName=unique("ray-pg"), modelId=TEST_MODEL, roleArn=ROLE, modelInvocationType="Converse",
+            inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{in_bucket}/in/", "s3InputFormat": "JSONL"}},
+            outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{out_bucket}/"}})["jobArn"]
+        reader = api[1].client()
+        wait_until(lambda: (reader.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount") or 0) > 0,
+                   timeout=240, interval=0.1, what="the job to process its first window")
+        workers[0].kill()  # kill -9 of one worker (its Ray actors die with their driver)
+        workers[0].wait(10)
+        ray_cluster.kill_node()
+        try:
+            job = wait_final(reader, arn, timeout=420)
+        finally:
+            if ray_cluster.alive_nodes() < 2:
+                ray_cluster.start_node()  # for the tests after this one
+        assert job["status"] == "Completed", job.get("message")
+        body = s3.get_object(Bucket=out_bucket, Key=f"{arn.rsplit('/', 1)[1]}/pg.jsonl.out")["Body"].read()
+        lines = [json.loads(line) for line in body.split(b"\n") if line]
+        assert [line["recordId"] for line in lines] == [f"p{n:06d}" for n in range(total)]  # every record once
+        assert all("modelOutput" in line for line in lines)
+        assert job["processedRecordCount"] == job["successRecordCount"] == total
+        manifest = json.loads(s3.get_object(Bucket=out_bucket, Key=f"{arn.rsplit('/', 1)[1]}/manifest.json.out")
+                              ["Body"].read())
+        assert manifest["processedRecordCount"] == manifest["totalRecordCount"] == total
+        assert api[0].client().get_model_invocation_job(jobIdentifier=arn)["status"] == "Completed"
+    finally:
+        for process in workers:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(10)
+        for server in api:
+            server.stop()
 
 
 # ---- customization ---------------------------------------------------------------------------------

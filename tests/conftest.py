@@ -1,6 +1,7 @@
 """Shared fixtures: real bedrock-local servers in subprocesses on free ports, boto3 clients for
 them, PostgreSQL schemas of their own, a moto S3 server, and a tiny real HF model folder."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -153,19 +154,28 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.2, what: st
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
-@pytest.fixture
-def postgres_url():
-    """A PostgreSQL URL whose tables live in a schema of this test's own (dropped afterwards)."""
+@contextlib.contextmanager
+def postgres_schema():
+    """A PostgreSQL URL whose tables live in a schema of their own, dropped when the block ends."""
     import sqlalchemy
 
     schema = "t_" + uuid.uuid4().hex[:12]
     engine = sqlalchemy.create_engine(POSTGRES_BASE.replace("postgresql://", "postgresql+psycopg://", 1))
     with engine.begin() as connection:
         connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    yield f"{POSTGRES_BASE}?options=-csearch_path%3D{schema}"
-    with engine.begin() as connection:
-        connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
+    try:
+        yield f"{POSTGRES_BASE}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL URL whose tables live in a schema of this test's own (dropped afterwards)."""
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -20,12 +20,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 from sqlalchemy import select
 
 from bedrock_local.store.database import open_database
 from bedrock_local.store.schema import BatchShard, Job, Resource
-from conftest import POSTGRES_BASE, SHARED_CACHE, Server, s3_client, wait_until
+from conftest import SHARED_CACHE, Server, postgres_schema, s3_client, wait_until
 
 TEST_MODEL = "bedrock-local.test-text-v1:0"
 ROLE = "arn:aws:iam::123456789012:role/ScaleOut"
@@ -115,14 +114,8 @@ class Cluster:
 @pytest.fixture(scope="module")
 def postgres_module_url():
     """A PostgreSQL schema for this module's cluster (conftest's postgres_url is per test)."""
-    schema = "t_" + uuid.uuid4().hex[:12]
-    engine = sqlalchemy.create_engine(POSTGRES_BASE.replace("postgresql://", "postgresql+psycopg://", 1))
-    with engine.begin() as connection:
-        connection.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    yield f"{POSTGRES_BASE}?options=-csearch_path%3D{schema}"
-    with engine.begin() as connection:
-        connection.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
-    engine.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

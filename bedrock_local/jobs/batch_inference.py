@@ -142,6 +142,17 @@ def error_line(record: dict, code: int, message: str) -> dict:
             "error": {"errorCode": code, "errorMessage": message}}
 
 
+def run_chunk(runner, chunk: list[dict], seed: int, start: int, lines: list[str], counts: dict) -> None:
+    """Run `chunk` (records `start`... of the job) and append its output lines to `lines`, counting
+    them and their tokens into `counts`."""
+    for line, tokens_in, tokens_out in runner.run(chunk, seed, start):
+        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+        counts["processedRecordCount"] += 1
+        counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
+        counts["inputTokenCount"] += tokens_in
+        counts["outputTokenCount"] += tokens_out
+
+
 class RecordRunner:
     """Turns a chunk of input records into output lines with one model, counting tokens. Converse
     records use the Converse body; InvokeModel records the body format of the model's provider
@@ -551,12 +562,7 @@ class BatchInferenceHandler(Handler):
                 fault = runner.job_fault(chunk, counts["processedRecordCount"])
                 if fault is not None:
                     chunk = chunk[:fault.position]
-                for line, tokens_in, tokens_out in runner.run(chunk, seed, counts["processedRecordCount"]):
-                    lines.append(json.dumps(line, ensure_ascii=False) + "\n")
-                    counts["processedRecordCount"] += 1
-                    counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
-                    counts["inputTokenCount"] += tokens_in
-                    counts["outputTokenCount"] += tokens_out
+                run_chunk(runner, chunk, seed, counts["processedRecordCount"], lines, counts)
                 pending = pending or bool(chunk)
                 if fault is not None:  # what is finished is kept, then the job ends as its fault says
                     if pending:
@@ -761,12 +767,7 @@ class BatchInferenceHandler(Handler):
             fault = runner.job_fault(chunk, position)
             if fault is not None:
                 chunk = chunk[:fault.position]
-            for line, tokens_in, tokens_out in runner.run(chunk, info.seed, position):
-                lines.append(json.dumps(line, ensure_ascii=False) + "\n")
-                counts["processedRecordCount"] += 1
-                counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
-                counts["inputTokenCount"] += tokens_in
-                counts["outputTokenCount"] += tokens_out
+            run_chunk(runner, chunk, info.seed, position, lines, counts)
             pending = pending or bool(chunk)
             if fault is not None:  # what is finished is kept, then the job ends as the fault says
                 at = claim.first + len(lines)

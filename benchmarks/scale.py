@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     try:
         rows = worker_rows(args, work, args.database_url)
-        rows += ray_rows(args, work, args.database_url)  # TODO(Ray executor): 1 and 2 Ray actors
+        rows += ray_rows(args, work, args.database_url)  # the Ray executor with 1 and 2 actors
     finally:
         if args.keep:
             print(f"data dirs and logs kept in {work}")

@@ -6,6 +6,8 @@ BEGIN IMMEDIATE) and on PostgreSQL (the row lock re-checks the condition) alike.
 """
 
 import datetime
+import logging
+import traceback
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, or_, select, update
@@ -14,6 +16,8 @@ from sqlalchemy.orm import Session
 from bedrock_local.store.database import Database
 from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import Job, Resource
+
+log = logging.getLogger("bedrock_local.queue")
 
 
 # Key the worker adds to a saved checkpoint: the attempt that saved it. The attempts after it that
@@ -115,3 +119,21 @@ def forget(session: Session, resource: Resource) -> None:
 
 def job_for(session: Session, resource: Resource) -> Job | None:
     return session.scalars(select(Job).where(Job.resource_pk == resource.pk)).first()
+
+
+def keep_lease(ctx, lease_seconds: float, renew, what: str) -> None:
+    """A heartbeat loop, until `ctx._done` is set: every fifth of the lease, `renew()` answers (still
+    ours, stop asked); a stop sets `ctx._stop`, a lease taken over sets `ctx._lost`. A passing database
+    error is logged (as `what`) and tried again at the next beat. Jobs (worker.py) and shards of batch
+    jobs (shards.py) both beat this way."""
+    interval = max(0.2, lease_seconds / 5)
+    while not ctx._done.wait(interval):
+        try:
+            ours, stop = renew()
+        except Exception:
+            log.warning("%s failed: %s", what, traceback.format_exc(limit=1))
+            continue
+        if stop:
+            ctx._stop.set()
+        if not ours:
+            ctx._lost.set()

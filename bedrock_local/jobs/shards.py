@@ -16,21 +16,17 @@ the job's shards (`halt`: the job ends, by a timeout or a fault), or when its jo
 
 import contextlib
 import datetime
-import logging
 import threading
-import traceback
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, func, or_, select, update
 
-from bedrock_local.jobs.queue import SAVED_IN_ATTEMPT
+from bedrock_local.jobs.queue import SAVED_IN_ATTEMPT, keep_lease
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore
 from bedrock_local.store.database import Database
 from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import BatchShard, Job
-
-log = logging.getLogger("bedrock_local.shards")
 
 MAX_ATTEMPTS = 3  # a shard interrupted this often in a row without a new checkpoint fails its job
 
@@ -205,21 +201,9 @@ class ShardContext:
 def running(db: Database, objects: ObjectStore, settings: Settings, claim: ShardClaim, worker_id: str):
     """A ShardContext whose lease a heartbeat thread renews while the block runs."""
     ctx = ShardContext(db, objects, settings, claim, worker_id)
-    interval = max(0.2, settings.lease_seconds / 5)
-
-    def beat():
-        while not ctx._done.wait(interval):
-            try:
-                ours, stop = heartbeat(db, claim.pk, worker_id, settings.lease_seconds)
-            except Exception:  # a passing database error: try again at the next beat
-                log.warning("shard heartbeat failed: %s", traceback.format_exc(limit=1))
-                continue
-            if stop:
-                ctx._stop.set()
-            if not ours:
-                ctx._lost.set()
-
-    thread = threading.Thread(target=beat, name=f"shard-{claim.pk}-heartbeat", daemon=True)
+    thread = threading.Thread(target=keep_lease, name=f"shard-{claim.pk}-heartbeat", daemon=True, args=(
+        ctx, settings.lease_seconds, lambda: heartbeat(db, claim.pk, worker_id, settings.lease_seconds),
+        "shard heartbeat"))
     thread.start()
     try:
         yield ctx

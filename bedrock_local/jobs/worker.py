@@ -223,18 +223,8 @@ class Worker:
                 record(session, resource)
 
     def _heartbeat(self, ctx: JobContext) -> None:
-        interval = max(0.2, self.settings.lease_seconds / 5)
-        while not ctx._done.wait(interval):
-            try:
-                ours, stop = queue.heartbeat(self.db, ctx.claim.job_pk, self.worker_id,
-                                             self.settings.lease_seconds, ctx.progress)
-            except Exception:  # a passing database error: try again at the next beat
-                log.warning("heartbeat failed: %s", traceback.format_exc(limit=1))
-                continue
-            if stop:
-                ctx._stop.set()
-            if not ours:
-                ctx._lost.set()
+        queue.keep_lease(ctx, self.settings.lease_seconds, lambda: queue.heartbeat(
+            self.db, ctx.claim.job_pk, self.worker_id, self.settings.lease_seconds, ctx.progress), "heartbeat")
 
 
 def worker_main(settings: Settings, threads: int | None = None, parent_pid: int | None = None) -> None:

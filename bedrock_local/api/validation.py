@@ -31,10 +31,21 @@ def _compiled(pattern: str) -> regex.Pattern:
 
 def _matches(pattern: str, value: str) -> bool:
     try:
-        return _compiled(pattern).fullmatch(value, timeout=PATTERN_SECONDS) is not None
+        return (_fullmatch_remembered if len(value) <= _REMEMBERED_LENGTH else _fullmatch)(pattern, value)
     except TimeoutError:
         log.warning("a value of %d characters ran the pattern %s out of time; refused", len(value), pattern)
         return False
+
+
+def _fullmatch(pattern: str, value: str) -> bool:
+    return _compiled(pattern).fullmatch(value, timeout=PATTERN_SECONDS) is not None
+
+
+# values up to this long have their answers remembered (a client sends the same ARNs and names again
+# and again: a polled job's ARN is checked once, not per request); a check that ran out of time raises,
+# so it is not remembered
+_REMEMBERED_LENGTH = 256
+_fullmatch_remembered = functools.lru_cache(maxsize=4096)(_fullmatch)
 
 
 def _shown(value) -> str:

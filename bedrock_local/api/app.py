@@ -74,7 +74,13 @@ class BedrockApi:
             elif scope["path"] == CONSOLE_PREFIX or scope["path"].startswith(CONSOLE_PREFIX + "/"):
                 response = await self.console.handle(Request(scope, receive), new_request_id())
             else:
-                response = await self.handle(Request(scope, receive))
+                started = time.perf_counter()
+                response = await self._answer(scope, receive)
+                await response(scope, receive, send)
+                # tallied once the answer is sent: the client reads it meanwhile
+                self.metrics.observe(scope.get("bedrock_local.operation") or self._operation_name(scope),
+                                     response.status_code, time.perf_counter() - started)
+                return
             await response(scope, receive, send)
         elif scope["type"] == "lifespan":
             while (message := await receive())["type"] != "lifespan.shutdown":
@@ -95,27 +101,22 @@ class BedrockApi:
             self._openapi = dumps(document)
         return Response(self._openapi, media_type="application/json")
 
-    async def handle(self, request: Request) -> Response:
-        started = time.perf_counter()
-        response = await self._answer(request)
-        self.metrics.observe(request.scope.get("bedrock_local.operation") or self._operation_name(request),
-                             response.status_code, time.perf_counter() - started)
-        return response
-
-    def _operation_name(self, request: Request) -> str:
+    def _operation_name(self, scope) -> str:
         """The operation of a request refused before it was routed (authentication), for the metrics."""
         try:
-            return self._route(request.method, request.url.path)[1].name
+            return self._route(scope["method"], scope["path"])[1].name
         except BedrockError:
             return "unknown"
 
-    async def _answer(self, request: Request) -> Response:
+    async def _answer(self, scope, receive) -> "Answer | StreamingResponse":
         request_id = new_request_id()
         codec = [self.codec]  # the codec of the service the request is for, once routed
         try:
-            return await self._handle(request, request_id, codec)
+            return await self._handle(scope, receive, request_id, codec)
         except BedrockError as error:
             return self._error(error, request_id, codec[0])
+        except ClientGone:  # nobody to answer: a 400 for the metrics
+            return Answer(b"", 400, {})
         except Exception:
             log.error("request %s failed:\n%s", request_id, traceback.format_exc())
             return self._error(InternalServerException(
@@ -130,19 +131,20 @@ class BedrockApi:
             except UnknownOperation:
                 raise UnknownOperationError(str(exc))
 
-    async def _handle(self, request: Request, request_id: str, matched: list) -> Response:
-        raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
-        query_string = request.scope.get("query_string", b"").decode("latin-1")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]}
-        body = await self._read_body(request)
+    async def _handle(self, scope, receive, request_id: str, matched: list) -> "Answer | StreamingResponse":
+        method = scope["method"]
+        raw_path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        body = await self._read_body(headers, receive)
         # the caller is verified first, as on AWS: an unsigned request gets the auth error, not a routing
         # or validation one (the body is read first: its hash is part of the signature)
         # (a console page's request carries its session cookie instead of a signature: console/session.py)
         caller = self.console.caller(headers, query_string) or self.accounts.authenticate(
-            request.method, raw_path.split("?", 1)[0], query_string, headers, request.scope["headers"], body)
-        codec, op, labels = self._route(request.method, raw_path.split("?", 1)[0])
+            method, raw_path.split("?", 1)[0], query_string, headers, scope["headers"], body)
+        codec, op, labels = self._route(method, raw_path.split("?", 1)[0])
         matched[0] = codec
-        request.scope["bedrock_local.operation"] = op.name  # for the metrics
+        scope["bedrock_local.operation"] = op.name  # for the metrics
         function = self.operations.get(op.name)
         if function is None:
             raise ValidationException(f"The operation {op.name} is not supported by bedrock-local.")
@@ -162,7 +164,7 @@ class BedrockApi:
             return self._stream(codec, op, result, request_id)
         status, out_headers, payload = codec.serialize_response(op, result or {})
         out_headers["x-amzn-RequestId"] = request_id
-        return Response(payload, status_code=status, headers=out_headers)
+        return Answer(payload, status, out_headers)
 
     def _reads_inline(self, op) -> bool:
         """A read (the model's GET operations: Get*, List*) of the embedded SQLite database runs on the
@@ -189,29 +191,54 @@ class BedrockApi:
         return StreamingResponse(frames(), status_code=status, headers=headers,
                                  media_type=eventstream.CONTENT_TYPE)
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, headers: dict[str, str], receive) -> bytes:
         """The whole body, refused (ValidationException, 400: the one error every operation may answer for
         a request it cannot take) as soon as its Content-Length or the bytes received pass the limit."""
         limit = self.max_body_bytes
-        declared = request.headers.get("content-length", "")
+        declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise ValidationException(f"The request body is {int(declared)} bytes; the most this server takes "
                                       f"is {limit} bytes (--max-request-bytes).")
         chunks, size = [], 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 raise ValidationException(f"The request body is larger than {limit} bytes, the most this server "
                                           f"takes (--max-request-bytes).")
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body"):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _error(self, error: BedrockError, request_id: str, codec: RestJsonCodec) -> Response:
+    def _error(self, error: BedrockError, request_id: str, codec: RestJsonCodec) -> "Answer":
         status, headers, payload = codec.serialize_error(error, request_id)
         status = getattr(error, "http_status", status)  # errors of no service model (authentication)
         if error.code == "UnknownOperationException":
             status = 404
-        return Response(payload, status_code=status, headers=headers)
+        return Answer(payload, status, headers)
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its request's body was all received."""
+
+
+class Answer:
+    """A whole response (status, headers, body) as the two ASGI messages that send it: what Starlette's
+    Response does for it, without its header handling, for the answer every API request gets."""
+
+    __slots__ = ("status_code", "headers", "body")
+
+    def __init__(self, body: bytes, status_code: int, headers: dict[str, str]):
+        self.body, self.status_code, self.headers = body, status_code, headers
+
+    async def __call__(self, scope, receive, send) -> None:
+        raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in self.headers.items()]
+        raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
+        await send({"type": "http.response.start", "status": self.status_code, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def create_app(settings: Settings, db: Database, objects: ObjectStore) -> BedrockApi:

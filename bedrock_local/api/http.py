@@ -24,7 +24,10 @@ class OneSendPerTurn:
     def write(self, data: bytes) -> None:
         if not self._pending:
             self._loop.call_soon(self._flush)
-        self._pending.append(data)
+            self._pending.append(data)
+        else:
+            self._pending.append(data)
+            self._flush()
 
     def writelines(self, parts) -> None:
         self.write(b"".join(parts))

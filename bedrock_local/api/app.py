@@ -59,6 +59,7 @@ class BedrockApi:
         self.accounts = Accounts(settings.default_account, settings.default_region, settings.credentials_file)
         self.max_body_bytes = settings.max_request_bytes
         self._openapi: bytes | None = None
+        self._how: dict[str, str] = {}  # per operation: "await" (a coroutine), "inline" or "thread" (_reads_inline)
         self.console = Console(self)
         self.metrics = metrics.RequestMetrics(db)
 
@@ -154,9 +155,13 @@ class BedrockApi:
             raise ValidationException(problem)
         ctx = Context(caller.account, caller.region, self.db, self.objects, self.settings, request_id,
                       bucket_owners=self.accounts.bucket_owners)
-        if inspect.iscoroutinefunction(function):
+        how = self._how.get(op.name)
+        if how is None:
+            how = self._how[op.name] = ("await" if inspect.iscoroutinefunction(function) else
+                                        "inline" if self._reads_inline(op) else "thread")
+        if how == "await":
             result = await function(ctx, params)
-        elif self._reads_inline(op):
+        elif how == "inline":
             result = function(ctx, params)
         else:
             result = await run_in_threadpool(function, ctx, params)

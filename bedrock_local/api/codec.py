@@ -9,6 +9,7 @@ result is serialized by walking the output shape, with the status code the model
 
 import base64
 import datetime
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -61,6 +62,10 @@ class OutputPlan:
     status: int
     members: tuple            # (name, wire name, location, shape, writer)
     payload: str | None
+
+
+# a label's decoded value, remembered: a client polling one job sends the same encoded ARN again and again
+_unquote = functools.lru_cache(maxsize=4096)(unquote)
 
 
 def _first_segment(path: str) -> str:
@@ -129,7 +134,7 @@ class RestJsonCodec:
         for route in self._candidates(method, segment):
             found = route.regex.fullmatch(raw_path)
             if found:
-                return route.operation, {label: unquote(found.group(group)) for label, group in route.labels}
+                return route.operation, {label: _unquote(found.group(group)) for label, group in route.labels}
         allowed = any(route.regex.fullmatch(raw_path) for other in {r.method for r in self.routes} - {method}
                       for route in self._candidates(other, segment))
         raise UnknownOperation(f"{method} {raw_path} is not an operation of {self.service_model.service_name}"

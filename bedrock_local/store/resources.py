@@ -12,7 +12,7 @@ from sqlalchemy import Text, and_, bindparam, delete, func, or_, select, type_co
 from sqlalchemy.orm import Session
 
 from bedrock_local.store.database import Database
-from bedrock_local.store.schema import Resource, Tag
+from bedrock_local.store.schema import Resource, Tag, UtcDateTime
 
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
@@ -97,6 +97,12 @@ def _row(values) -> ResourceRow:
     return ResourceRow(*values[:-1], orjson.loads(body) if isinstance(body, (str, bytes)) else body)
 
 
+def _sqlite_utc(value: str) -> datetime.datetime:
+    """A UtcDateTime as SQLite holds it (SQLAlchemy's text form, 2026-11-30 23:54:48.123000) read in one
+    C call, the value SQLAlchemy's own regex-based processor and UtcDateTime give."""
+    return datetime.datetime.fromisoformat(value).replace(tzinfo=datetime.timezone.utc)
+
+
 class _CompiledRead:
     """A SELECT compiled once for one database's dialect and run straight on a pooled DBAPI
     connection, its values through the columns' own bind and result processors (so a row holds what
@@ -115,7 +121,8 @@ class _CompiledRead:
             bind = compiled.binds[name]
             self.binds.append((name, bind.key if bind.required else None, bind.effective_value,
                                bind.type.dialect_impl(dialect).bind_processor(dialect)))
-        self.processors = [column.type.dialect_impl(dialect).result_processor(dialect, None)
+        self.processors = [_sqlite_utc if dialect.name == "sqlite" and isinstance(column.type, UtcDateTime)
+                           else column.type.dialect_impl(dialect).result_processor(dialect, None)
                            for column in statement.selected_columns]
 
     def rows(self, db: Database, values: dict) -> list:

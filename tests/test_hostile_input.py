@@ -7,6 +7,7 @@ a hang, and nothing outside the data dir may be touched.
 
 import json
 import os
+import socket
 import time
 
 import httpx
@@ -182,6 +183,18 @@ def test_a_body_over_the_limit_is_a_validation_exception_naming_the_limit(api):
     status, kind, _ = aws_error(post(api, "/model-copy-jobs", b" " * (LIMIT - 2) + b"{}"))
     assert (status, kind) == (400, "ValidationException")
     assert httpx.get(api.url + "/foundation-models", timeout=15).status_code == 200
+
+
+def test_a_client_gone_before_its_whole_body_is_no_error_and_the_server_answers_on(api):
+    logged = len(api.log.read_text())
+    with socket.create_connection(("127.0.0.1", api.port), timeout=15) as sock:
+        sock.sendall(b"POST /model-copy-jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\n\r\n{\"sourceModelArn\": ")
+        time.sleep(0.3)  # the server has the head and part of the body; then the client is gone
+    time.sleep(0.5)
+    assert httpx.get(api.url + "/foundation-models", timeout=15).status_code == 200
+    after = api.log.read_text()[logged:]
+    assert "Traceback" not in after and "failed" not in after, after[-2000:]
 
 
 def test_a_body_over_the_limit_through_boto3(api):

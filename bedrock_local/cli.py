@@ -84,9 +84,11 @@ def _open_stores(settings: Settings):
 
 # httptools (with a response's head and body sent together: api/http.py) and uvloop rather than h11 and
 # asyncio's loop (measured on a busy 2-core machine: 0.40-0.43 -> 0.29-0.35 ms of server CPU per
-# GetModelCustomizationJob); no `server: uvicorn` header (AWS sends none)
+# GetModelCustomizationJob); no `server: uvicorn` header (AWS sends none); no X-Forwarded-* rewriting of
+# the client's address (uvicorn's proxy-headers middleware, a layer around every request: nothing here
+# reads the address, and no access log is written)
 UVICORN_SETTINGS = {"http": "bedrock_local.api.http:OneSendHttpToolsProtocol", "loop": "uvloop",
-                    "access_log": False, "server_header": False}
+                    "access_log": False, "server_header": False, "proxy_headers": False}
 
 
 def serve(args: argparse.Namespace) -> int:

@@ -77,10 +77,11 @@ class BedrockApi:
             else:
                 started = time.perf_counter()
                 response = await self._answer(scope, receive)
-                await response(scope, receive, send)
-                # tallied once the answer is sent: the client reads it meanwhile
-                self.metrics.observe(scope.get("bedrock_local.operation") or self._operation_name(scope),
-                                     response.status_code, time.perf_counter() - started)
+                try:
+                    await response(scope, receive, send)
+                finally:  # tallied once the answer is sent (the client reads it meanwhile), or failed to be
+                    self.metrics.observe(scope.get("bedrock_local.operation") or self._operation_name(scope),
+                                         response.status_code, time.perf_counter() - started)
                 return
             await response(scope, receive, send)
         elif scope["type"] == "lifespan":

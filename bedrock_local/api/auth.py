@@ -147,11 +147,15 @@ def _signed(credential: str, timestamp: str, signed_headers: str, signature: str
                          signature, token, expires, presigned)
 
 
-@functools.lru_cache(maxsize=256)
 def _parse_time(timestamp: str) -> datetime.datetime | None:
     """A SigV4 timestamp (20240101T000000Z) as a UTC datetime, or None; by hand, as strptime costs
     a tenth of a small request's server time, and remembered (a busy client sends the same second
-    many times; the result is immutable)."""
+    many times; the result is immutable). Only a value of the format's length can be one."""
+    return _parse_time_remembered(timestamp) if len(timestamp) == 16 else None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_time_remembered(timestamp: str) -> datetime.datetime | None:
     if not _TIMESTAMP.fullmatch(timestamp):
         return None
     try:
@@ -232,11 +236,14 @@ class _Signer(SigV4Auth):
                          for name, values in sorted(headers_to_sign.items()))
 
     def _normalize_url_path(self, path: str) -> str:
-        return _canonical_path(path)
+        # remembered up to 1,024 characters: longer paths are never an operation's, and would fill the cache
+        return _canonical_path(path) if len(path) <= 1024 else SigV4Auth._normalize_url_path(None, path)
 
     def signature(self, string_to_sign: str, request) -> str:
-        key = _signing_key(self.credentials.secret_key, request.context["timestamp"][0:8], self._region_name,
-                           self._service_name)
+        day, region, service = request.context["timestamp"][0:8], self._region_name, self._service_name
+        # a region or service name no AWS client sends (over 64 characters) is not remembered
+        derive = _signing_key if len(region) <= 64 and len(service) <= 64 else _signing_key.__wrapped__
+        key = derive(self.credentials.secret_key, day, region, service)
         # botocore's _sign(key, string_to_sign, hex=True), as OpenSSL's one-shot HMAC-SHA256
         return hmac.digest(key, string_to_sign.encode("utf-8"), "sha256").hex()
 

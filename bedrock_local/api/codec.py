@@ -64,8 +64,13 @@ class OutputPlan:
     payload: str | None
 
 
-# a label's decoded value, remembered: a client polling one job sends the same encoded ARN again and again
-_unquote = functools.lru_cache(maxsize=4096)(unquote)
+_remembered_unquote = functools.lru_cache(maxsize=4096)(unquote)
+
+
+def _unquote(text: str) -> str:
+    """A label's decoded value, remembered for labels up to 1,024 characters (a client polling one job
+    sends the same encoded ARN again and again; longer ones, never an ARN, would only fill the memory)."""
+    return _remembered_unquote(text) if len(text) <= 1024 else unquote(text)
 
 
 def _first_segment(path: str) -> str:

@@ -77,11 +77,12 @@ class BedrockApi:
             else:
                 started = time.perf_counter()
                 response = await self._answer(scope, receive)
+                ready = time.perf_counter() - started  # the latency api/metrics.py documents
                 try:
                     await response(scope, receive, send)
                 finally:  # tallied once the answer is sent (the client reads it meanwhile), or failed to be
                     self.metrics.observe(scope.get("bedrock_local.operation") or self._operation_name(scope),
-                                         response.status_code, time.perf_counter() - started)
+                                         response.status_code, ready)
                 return
             await response(scope, receive, send)
         elif scope["type"] == "lifespan":

@@ -1,9 +1,10 @@
 """GET /metrics: what the API process exposes to Prometheus, in its text exposition format.
 
 Two sources:
-- this process's own requests, recorded by BedrockApi.handle: a counter by operation and HTTP status and
-  a latency histogram by operation (time from the request's arrival to its response being ready; for a
-  streamed response, to its first byte). They count what this process answered, from its start.
+- this process's own requests, recorded by BedrockApi once the answer is sent: a counter by operation
+  and HTTP status and a latency histogram by operation (time from the request's arrival to its
+  response being ready; for a streamed response, to its first byte). They count what this process
+  answered, from its start.
 - the database, read when Prometheus scrapes: resources by type and status (batch, customization and
   copy jobs, custom models, deployments), and the work the job workers did (batch records by outcome,
   batch tokens, training steps). Workers are separate processes, often on other machines, and a

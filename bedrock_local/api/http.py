@@ -27,11 +27,10 @@ class PairedWrites:
         self._pending: list[bytes] = []
 
     def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-            self._pending.append(data)
+        self._pending.append(data)
+        if len(self._pending) == 1:
+            self._loop.call_soon(self._flush)  # alone so far: leaves at the end of the turn
         else:
-            self._pending.append(data)
             self._flush()
 
     def writelines(self, parts) -> None:

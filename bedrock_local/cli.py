@@ -95,8 +95,8 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bedrock_local.api.app import create_app
-    from bedrock_local.jobs.worker import start_worker_processes, stop_worker_processes, threads_per_worker
-    from bedrock_local.runtime.node import start_serving_processes
+    from bedrock_local.processes.worker import start_worker_processes, stop_worker_processes, threads_per_worker
+    from bedrock_local.processes.serving import start_serving_processes
 
     if args.serving_workers is None:
         args.serving_workers = 1 if args.workers > 0 else 0
@@ -149,7 +149,7 @@ def _api_server_class():
 
 
 def worker(args: argparse.Namespace) -> int:
-    from bedrock_local.jobs.worker import worker_main
+    from bedrock_local.processes.worker import worker_main
 
     settings = _settings(args)
     _open_stores(settings)
@@ -158,7 +158,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def serving(args: argparse.Namespace) -> int:
-    from bedrock_local.runtime.node import node_main
+    from bedrock_local.processes.serving import node_main
 
     settings = _settings(args)
     _open_stores(settings)

@@ -2,7 +2,7 @@
 it in Service Quotas, with AWS's default and the key that `serve --quota KEY=VALUE` sets, and the
 checks a job makes on its input while it validates it (sizes, record counts). Beside settings.py
 because every layer reads it: the Create operations check the concurrency quotas
-(service/quotas.py), the jobs check their input (jobs/batch_inference.py, jobs/customization.py).
+(service/quotas.py), the jobs check their input (jobs/handlers/batch_inference.py, jobs/handlers/customization.py).
 
 Where AWS puts a quota, bedrock-local puts it:
 - concurrency and resource counts are checked by the Create operation, which answers

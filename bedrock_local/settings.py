@@ -38,7 +38,7 @@ class Settings:
     # how many seconds count as one hour for job timeouts and expiry (3600; tests shorten it)
     hour_seconds: float = 3600.0
     # a Ray cluster (`--ray-address`) that runs the compute of batch inference and customization jobs;
-    # the workers stay their drivers (jobs/ray_executor.py); None: the workers run it themselves
+    # the workers stay their drivers (jobs/executors/ray_cluster.py); None: the workers run it themselves
     ray_address: str | None = None
     # records per shard of a batch inference job: a job with more is split into shards that every worker
     # process (of any host on the same database) may claim (jobs/shards.py)

@@ -26,7 +26,7 @@ e.g. the GPU machine), saved as an HF folder; the baseline loads that folder, th
 with CreateCustomModel (timed apart) and the job runs it by ARN.
 
 `--test-model`: the job machinery alone. The records go to `bedrock-local.test-text-v1:0`
-(engine/test_models.py: no weights, microseconds a record) and (a) becomes the same records through
+(engine/stub_models.py: no weights, microseconds a record) and (a) becomes the same records through
 the test model's `generate()` in this process (and, apart, the in-process parse + generate + render +
 JSON line that a RecordRunner does without the job around it), best of 3; (b) is the job end to end
 (a cold one, then a warm one on the same server). The ratio (b)/(a) and the job's seconds per record
@@ -456,7 +456,7 @@ def test_model_baseline(prompts: list[str], new_tokens: int, rounds: int = 3) ->
     `rounds`), and apart the whole in-process path of a record without the job around it: its JSON
     line parsed, its Converse body parsed, generate, the response rendered and its output line dumped."""
     from bedrock_local.engine import formats
-    from bedrock_local.engine.test_models import TestTextModel
+    from bedrock_local.engine.stub_models import TestTextModel
 
     raw = [json.dumps(record) for record in converse_records(prompts, new_tokens)]
     model = TestTextModel()

@@ -10,7 +10,7 @@ GetModelInvocationJob polled until the job ends; timed from Create to the poll t
 The outputs are checked (record count, every line without error).
 
 Records: by default the fast deterministic test model (`bedrock-local.test-text-v1:0`,
-engine/test_models.py: microseconds a record, so the job machinery is what is measured: validation,
+engine/stub_models.py: microseconds a record, so the job machinery is what is measured: validation,
 shard claims, part writes and checkpoints, the merge); `--smollm2` sends Converse records to the
 packaged SmolLM2-135M-Instruct (`--new-tokens` each). Before the timed job, a warm-up job of N shards
 runs on the same processes (`--no-warm` skips it) so that each worker has loaded its model (the
@@ -221,7 +221,7 @@ def worker_rows(args: argparse.Namespace, work: Path, database_url: str | None) 
 
 
 def ray_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> list[Row]:
-    """The same job through the Ray executor (`--ray-address`, jobs/ray_executor.py): one worker process
+    """The same job through the Ray executor (`--ray-address`, jobs/executors/ray_cluster.py): one worker process
     drives it, its records run as Ray Data windows on a local one-node Ray cluster (`ray start --head`)
     of 1, then 2 CPUs, so a pool of 1, then 2 model actors. Each window starts its actors (and loads
     the model in them) anew: with the test model that start-up is what these rows measure."""

@@ -3,7 +3,7 @@ SmolLM2-135M-Instruct, against the same requests served one at a time.
 
 The server: `bedrock-local serve --workers 0 --serving-workers 1` as a real subprocess on a free
 port (a fresh data dir, `--cache-dir` shared with the tests so the packaged GGUF is converted once):
-one API process and one serving process (runtime/node.py) that holds the model and batches
+one API process and one serving process (processes/serving.py) that holds the model and batches
 concurrent requests with a ContinuousBatcher (engine/continuous.py). The model is imported with
 CreateCustomModel from an HF folder copied into the embedded object store
 (`<data-dir>/s3/<bucket>/<key>`); the import is a job, so a first server on the same data dir

@@ -339,7 +339,7 @@ def run_job(server: Server, bedrock, records: list[dict], hyper: dict[str, str],
 
 
 def checkpoint_report(log_text: str) -> dict:
-    """The job's checkpoints, from the worker's log lines (engine/training.py, jobs/customization.py):
+    """The job's checkpoints, from the worker's log lines (engine/training.py, jobs/handlers/customization.py):
     each one's cost to the training (Trainer save + hand-over to the uploader), its background
     store time and size, and the run's totals."""
     costs = [(int(step), float(cost)) for step, cost in

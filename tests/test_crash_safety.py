@@ -45,7 +45,7 @@ TEST_MODEL = "bedrock-local.test-text-v1:0"
 SMOLLM2 = "huggingface.smollm2-135m-instruct-v1:0"
 IN, OUT, SRC, FT_DATA, FT_OUT = "crash-in", "crash-out", "crash-src", "crash-ft-data", "crash-ft-out"
 MODEL_BUCKET = "bedrock-local-models"
-MAX_ATTEMPTS = 3  # jobs/worker.py: interruptions in a row without a new checkpoint before Failed
+MAX_ATTEMPTS = 3  # processes/worker.py: interruptions in a row without a new checkpoint before Failed
 FINAL = {
     "model-invocation-job": {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"},
     "model-copy-job": {"Completed", "Failed"},
@@ -369,7 +369,7 @@ def test_model_copy_survives_repeated_kill_9_and_is_byte_identical(tmp_path, ser
 # ------------------------------------------------------------------------------------------
 # customization
 
-CHECKPOINT_EVERY = {"BEDROCK_LOCAL_CHECKPOINT_STEPS": "2"}  # jobs/customization.py: a fixed spacing
+CHECKPOINT_EVERY = {"BEDROCK_LOCAL_CHECKPOINT_STEPS": "2"}  # jobs/handlers/customization.py: a fixed spacing
 FT_HYPER = {"epochCount": "2", "batchSize": "1", "learningRate": "0.003", "loraRank": "4", "loraAlpha": "16",
             "loraDropout": "0", "maxSequenceLength": "32"}
 

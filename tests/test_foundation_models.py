@@ -14,7 +14,7 @@ FOUNDATION_MODEL_ARN = re.compile(MODEL.shape_for("FoundationModelArn").metadata
 MODEL_ID = re.compile(r"[a-z0-9-]+\.[a-z0-9-]+-v\d+:\d+")  # Bedrock's provider.name-vN:M
 TEXT_MODEL = "huggingface.smollm2-135m-instruct-v1:0"
 EMBEDDING_MODEL = "sentence-transformers.all-minilm-l6-v2-v1:0"
-TEST_TEXT, TEST_EMBEDDING = "bedrock-local.test-text-v1:0", "bedrock-local.test-embed-v1:0"  # engine/test_models.py
+TEST_TEXT, TEST_EMBEDDING = "bedrock-local.test-text-v1:0", "bedrock-local.test-embed-v1:0"  # engine/stub_models.py
 ALL = {TEXT_MODEL, EMBEDDING_MODEL, TEST_TEXT, TEST_EMBEDDING}
 
 

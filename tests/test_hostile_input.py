@@ -20,7 +20,7 @@ from schemathesis.checks import (content_type_conformance, negative_data_rejecti
 
 from bedrock_local.api.app import load_service_model
 from bedrock_local.api.openapi import error_statuses, openapi_document
-from bedrock_local.service.registry import load_operations
+from bedrock_local.service import load_operations
 from conftest import Server
 
 MODELS = {name: load_service_model(name) for name in ("bedrock", "bedrock-runtime")}

@@ -1,4 +1,4 @@
-"""The Ray executor (`--ray-address`, jobs/ray_executor.py) against a real local Ray cluster of two
+"""The Ray executor (`--ray-address`, jobs/executors/ray_cluster.py) against a real local Ray cluster of two
 nodes started here (`ray start`): batch inference as a Ray Data pipeline gives the local path's
 outputs and counts, honours Stop, and survives the loss of a Ray node with every record exactly
 once; a fine-tuning job runs as a Ray Train job and publishes its model. One test runs the issue's

@@ -5,7 +5,7 @@ worker killed with kill -9 mid-job loses its leases, and the other worker takes 
 shard over from their checkpoints. A Stop ends every shard; a fault in one shard ends the job; a job
 of one shard runs as before (no shard rows).
 
-Outputs are checked against the test model's documented function (engine/test_models.py: a Meta
+Outputs are checked against the test model's documented function (engine/stub_models.py: a Meta
 Llama prompt is answered with its words in reverse order). The test reads the `batch_shards` table
 only to see what the API does not show (which worker ran which shard)."""
 

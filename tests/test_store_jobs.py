@@ -25,9 +25,9 @@ import pytest
 from botocore.exceptions import ClientError
 from sqlalchemy import inspect, select, text, update
 
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
 from bedrock_local.jobs.lifecycle import TRANSITIONS, IllegalTransition, is_final, move
-from bedrock_local.jobs.worker import MAX_ATTEMPTS, Worker
+from bedrock_local.processes.worker import MAX_ATTEMPTS, Worker
 from bedrock_local.settings import Settings
 from bedrock_local.store import resources
 from bedrock_local.store.database import open_database
@@ -125,7 +125,7 @@ def insert_resource(db, kind: str, status: str, job_kind: str | None = None, bod
             arn=f"arn:aws:bedrock:{REGION}:{ACCOUNT}:{kind}/{rid}", name=f"n-{rid}", unique_name=f"n-{rid}",
             status=status, body=body if body is not None else {"_source": f"s3://nowhere/{rid}/"})
         if job_kind:
-            queue.enqueue(session, resource, job_kind)
+            lease.enqueue(session, resource, job_kind)
         return resource
 
 
@@ -309,16 +309,16 @@ def test_claim_from_many_threads_takes_each_job_once(database_url, tmp_path, ope
     for _ in range(20):
         resource = insert_resource(db, "custom-model", "Creating", "model-import")
         with db.read_session() as session:
-            pks.add(queue.job_for(session, resource).pk)
+            pks.add(lease.job_for(session, resource).pk)
 
-    def claim_all(round_: int) -> list[tuple[str, queue.Claim]]:
+    def claim_all(round_: int) -> list[tuple[str, lease.Claim]]:
         claims, errors = [], []
         barrier = threading.Barrier(8)
 
         def claimer(worker_id: str):
             barrier.wait()
             try:
-                while (claim := queue.claim(db, worker_id, 30, ("model-import",))) is not None:
+                while (claim := lease.claim(db, worker_id, 30, ("model-import",))) is not None:
                     claims.append((worker_id, claim))
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(repr(exc))
@@ -329,7 +329,7 @@ def test_claim_from_many_threads_takes_each_job_once(database_url, tmp_path, ope
         for thread in threads:
             thread.join()
         assert not errors, errors
-        while (claim := queue.claim(db, "drain", 30)) is not None:  # none left unless a claimer gave up early
+        while (claim := lease.claim(db, "drain", 30)) is not None:  # none left unless a claimer gave up early
             claims.append(("drain", claim))
         return claims
 
@@ -345,7 +345,7 @@ def test_claim_from_many_threads_takes_each_job_once(database_url, tmp_path, ope
         assert all(r.lease_expires_at > utc(20) for r in rows)
 
     check(claim_all(1), attempts=1)
-    assert queue.claim(db, "late", 30) is None  # live leases are not claimable
+    assert lease.claim(db, "late", 30) is None  # live leases are not claimable
     # every lease runs out (all workers died): each job is taken over exactly once again
     with db.session() as session, session.begin():
         session.execute(update(Job).values(lease_expires_at=utc(-5)))
@@ -469,7 +469,7 @@ def test_job_of_a_final_resource_is_finished_without_touching_it(kind, status, j
     assert worker.run_once() is False
     with db.read_session() as session:
         after = session.get(Resource, resource.pk)
-        job = queue.job_for(session, after)
+        job = lease.job_for(session, after)
     assert (after.status, after.body, after.updated_at) == (before.status, before.body, before.updated_at)
     assert (job.state, job.attempts, job.lease_owner) == ("done", 1, None)
 

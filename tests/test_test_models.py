@@ -24,7 +24,7 @@ from conftest import Server
 from test_batch_inference import (OUT_BUCKET, ROLE, create_job, job_folder, put_input, read_manifest, read_out, unique,
                                   wait_final)
 
-from bedrock_local.engine import aliases, test_models
+from bedrock_local.engine import aliases, stub_models as test_models
 from bedrock_local.engine.formats import EmbeddingRequest, FormatError, TextRequest, parse_invoke
 
 TEXT = "bedrock-local.test-text-v1:0"
@@ -199,7 +199,7 @@ def test_embeddings_hash_words_deterministically():
     [empty] = model.embed([EmbeddingRequest("")])
     assert empty.vector == [0.0] * 1024 and empty.input_tokens == 0
     # the same vectors in a fresh process: nothing depends on the process's hash seed
-    code = ("import json; from bedrock_local.engine.test_models import hash_embedding; "
+    code = ("import json; from bedrock_local.engine.stub_models import hash_embedding; "
             f"print(json.dumps(hash_embedding({texts[0]!r})))")
     fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "123"})

@@ -24,7 +24,7 @@ from bedrock_local.api.validation import validation_message
 from bedrock_local.console.web import PREFIX as CONSOLE_PREFIX, Console
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import BedrockError, InternalServerException, ValidationException
-from bedrock_local.service.registry import load_operations
+from bedrock_local.service import load_operations
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore
 from bedrock_local.store.database import Database

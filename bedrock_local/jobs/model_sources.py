@@ -1,6 +1,6 @@
 """Which model a job runs and where its weights are on this machine: a packaged foundation model
 (materialized once into the cache as a plain HF folder), or a custom model downloaded from the
-model store into the cache; or a test model (engine/test_models.py), which has no weights and
+model store into the cache; or a test model (engine/stub_models.py), which has no weights and
 whose engine is built at once. Both the service (to check a model id at create time) and the
 workers and serving nodes (to load it: `load_engine`) use this."""
 
@@ -64,14 +64,14 @@ def body_format(source: ModelSource) -> str:
 
 
 def test_engine(source: ModelSource):
-    """The engine of `source` when a test model answers for it (engine/test_models.py: a
+    """The engine of `source` when a test model answers for it (engine/stub_models.py: a
     TestTextModel or TestEmbeddingModel with the alias's faults), else None. Builds at once."""
     if not source.foundation_model_id:
         return None
     model = find_foundation_model(source.foundation_model_id)
     if model is None or not is_test_model(model):
         return None
-    from bedrock_local.engine import test_models
+    from bedrock_local.engine import stub_models as test_models
 
     return test_models.engine_for(model.kind, model.model_id, model.faults)
 

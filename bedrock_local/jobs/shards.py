@@ -1,9 +1,9 @@
 """Shards of a batch inference job: record ranges (rows of `batch_shards`) that every worker process
 may claim, on any host sharing the database, with a lease of their own.
 
-The worker that holds the job (its coordinator, jobs/batch_inference.py) makes the shards when the job
+The worker that holds the job (its coordinator, jobs/handlers/batch_inference.py) makes the shards when the job
 starts, runs shards itself, and merges their outputs when every one is done; an idle worker
-(jobs/worker.py `Worker.run_once`, when no job is queued) claims a shard of any running job. A shard
+(processes/worker.py `Worker.run_once`, when no job is queued) claims a shard of any running job. A shard
 is claimed like a job (queue.py): a conditional UPDATE that one worker wins, a lease renewed by a
 heartbeat thread, and a checkpoint (`done` records written to its part object, their counts); a
 shard whose worker died is claimable again once its lease ran out and resumes from its checkpoint.
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import and_, func, or_, select, update
 
-from bedrock_local.jobs.queue import SAVED_IN_ATTEMPT, keep_lease
+from bedrock_local.jobs.lease import SAVED_IN_ATTEMPT, keep_lease
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore
 from bedrock_local.store.database import Database
@@ -167,7 +167,7 @@ def interrupted(claim: ShardClaim) -> int:
 
 @dataclass
 class ShardContext:
-    """What the code that runs a shard gets (the stores, like jobs/worker.py JobContext) and its
+    """What the code that runs a shard gets (the stores, like processes/worker.py JobContext) and its
     stop / lease-lost signals, set by the shard's heartbeat thread."""
 
     db: Database

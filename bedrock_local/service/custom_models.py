@@ -3,7 +3,7 @@ ListCustomModels and DeleteCustomModel. The import itself runs as a job on a wor
 
 from sqlalchemy import false
 
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
 from bedrock_local.jobs.artifacts import model_location
 from bedrock_local.service.common import (find_in_scope, Pager, creation_time_filters, idempotent_replay, insert_unique,
                                           make_arn, new_id, public, request_hash)
@@ -60,7 +60,7 @@ def create_custom_model(ctx: Context, params: dict) -> dict:
             session, ctx, KIND, "custom model", name=params["modelName"], body=body, resource_id=model_id,
             arn=make_arn(ctx, f"custom-model/imported/{model_id}"), status="Creating",
             client_token=params.get("clientRequestToken"), tags=params.get("modelTags"))
-        queue.enqueue(session, resource, "model-import")
+        lease.enqueue(session, resource, "model-import")
         return {"modelArn": resource.arn}
 
 

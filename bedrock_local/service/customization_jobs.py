@@ -1,12 +1,12 @@
 """Model customization jobs: CreateModelCustomizationJob (fine-tuning and continued pre-training),
 GetModelCustomizationJob (by ARN or name), ListModelCustomizationJobs and
-StopModelCustomizationJob. The training runs on a worker (jobs/customization.py)."""
+StopModelCustomizationJob. The training runs on a worker (jobs/handlers/customization.py)."""
 
 import hashlib
 
 from sqlalchemy import select, text
 
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.service.common import (find_in_scope, Pager, check_name_free, creation_time_filters, idempotent_replay, insert_unique,
                                           make_arn, new_id, public, request_hash)
@@ -120,7 +120,7 @@ def create_model_customization_job(ctx: Context, params: dict) -> dict:
             arn=make_arn(ctx, f"model-customization-job/{foundation_id}/{job_id}"), status="InProgress",
             ref_arn=base_arn, client_token=params.get("clientRequestToken"), tags=params.get("jobTags"),
             created_at=created)
-        queue.enqueue(session, job, "customization")
+        lease.enqueue(session, job, "customization")
         return {"jobArn": job.arn}
 
 
@@ -163,7 +163,7 @@ def stop_model_customization_job(ctx: Context, params: dict) -> dict:
                                       f"cannot be stopped.")
         if job.status == "Stopping":
             return {}
-        row = queue.job_for(session, job)
+        row = lease.job_for(session, job)
         if row is not None and row.state == "queued":
             now = utcnow().isoformat()
             details = {phase: {**info, "status": "Stopped" if info["status"] != "Completed" else "Completed",
@@ -172,5 +172,5 @@ def stop_model_customization_job(ctx: Context, params: dict) -> dict:
             row.state = "done"
         else:
             move(job, "Stopping")
-            queue.request_stop(session, job)
+            lease.request_stop(session, job)
     return {}

@@ -2,7 +2,7 @@
 ListCustomModelDeployments, UpdateCustomModelDeployment and DeleteCustomModelDeployment.
 
 A deployment is a resource (Creating -> Active, or Failed) and a long-lived job of kind
-`model-deployment` that a serving node (runtime/node.py) claims: the node loads the model, checks
+`model-deployment` that a serving node (processes/serving.py) claims: the node loads the model, checks
 that it answers, marks the deployment Active and then serves bedrock-runtime requests for it for as
 long as it holds the job's lease. An update records the new model in `updateDetails` (Updating);
 the node loads it beside the old one and switches over when it answers (UpdateCompleted), or keeps
@@ -10,7 +10,7 @@ the old one serving (UpdateFailed). A delete removes the resource and its job; t
 its next heartbeat and unloads the model.
 """
 
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
 from bedrock_local.service.common import (Pager, find_in_scope, idempotent_replay, insert_unique, make_arn, new_id,
                                           public, request_hash)
 from bedrock_local.service.context import Context
@@ -66,7 +66,7 @@ def create_custom_model_deployment(ctx: Context, params: dict) -> dict:
             resource_id=deployment_id, arn=make_arn(ctx, f"custom-model-deployment/{deployment_id}"),
             status="Creating", ref_arn=source.reference, client_token=params.get("clientRequestToken"),
             tags=params.get("tags"))
-        queue.enqueue(session, resource, JOB_KIND)
+        lease.enqueue(session, resource, JOB_KIND)
         return {"customModelDeploymentArn": resource.arn}
 
 
@@ -123,6 +123,6 @@ def update_custom_model_deployment(ctx: Context, params: dict) -> dict:
 def delete_custom_model_deployment(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
         deployment = find_deployment(session, ctx, params["customModelDeploymentIdentifier"])
-        queue.forget(session, deployment)  # the node serving it loses the lease and unloads the model
+        lease.forget(session, deployment)  # the node serving it loses the lease and unloads the model
         resources.delete_resource(session, deployment)
     return {}

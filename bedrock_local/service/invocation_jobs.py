@@ -1,11 +1,11 @@
 """Batch inference jobs: CreateModelInvocationJob, GetModelInvocationJob (by ARN or id),
 ListModelInvocationJobs and StopModelInvocationJob. The job itself runs on a worker
-(jobs/batch_inference.py) through Submitted → Validating → Scheduled → InProgress → Completed."""
+(jobs/handlers/batch_inference.py) through Submitted → Validating → Scheduled → InProgress → Completed."""
 
 import datetime
 
 from bedrock_local.engine.catalog import KIND_EMBEDDING
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.service.common import (Pager, idempotent_replay, insert_unique, make_arn, new_id, public,
                                           request_hash)
@@ -76,7 +76,7 @@ def create_model_invocation_job(ctx: Context, params: dict) -> dict:
             session, ctx, KIND, "model invocation job", name=params["jobName"], body=body, resource_id=job_id,
             arn=make_arn(ctx, f"model-invocation-job/{job_id}"), status="Submitted", ref_arn=source.reference,
             client_token=params.get("clientRequestToken"), created_at=now, tags=params.get("tags"))
-        queue.enqueue(session, job, "batch-inference")
+        lease.enqueue(session, job, "batch-inference")
         return {"jobArn": job.arn}
 
 
@@ -112,11 +112,11 @@ def stop_model_invocation_job(ctx: Context, params: dict) -> dict:
             raise ConflictException(f"The model invocation job '{job.name}' is already {job.status} and cannot be stopped.")
         if job.status == "Stopping":
             return {}
-        row = queue.job_for(session, job)
+        row = lease.job_for(session, job)
         if job.status in NOT_STARTED and row is not None and row.state == "queued":
             move(job, "Stopped", endTime=utcnow().isoformat(), message="The job was stopped before it started.")
             row.state = "done"
         else:
             move(job, "Stopping")
-            queue.request_stop(session, job)
+            lease.request_stop(session, job)
     return {}

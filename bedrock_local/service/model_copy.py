@@ -4,7 +4,7 @@ worker copies every artifact, verifies checksums and makes the target model Acti
 
 import re
 
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
 from bedrock_local.jobs.artifacts import model_location
 from bedrock_local.service.common import (Pager, creation_time_filters, idempotent_replay, insert_unique,
                                           make_arn, new_id, parse_arn, public, request_hash)
@@ -86,7 +86,7 @@ def create_model_copy_job(ctx: Context, params: dict) -> dict:
             arn=make_arn(ctx, f"model-copy-job/{job_id}"), name=name, status="InProgress",
             ref_arn=source.arn, ref_account=source.account, client_token=params.get("clientRequestToken"),
             body={k: v for k, v in body.items() if v is not None})
-        queue.enqueue(session, job, "model-copy")
+        lease.enqueue(session, job, "model-copy")
         return {"jobArn": job.arn}
 
 

@@ -15,10 +15,3 @@ def operation(name: str):
         return function
     return register
 
-
-def load_operations() -> dict[str, Callable]:
-    """Import every service module (and the runtime operations), so that each registers its operations."""
-    from bedrock_local.runtime import operations  # noqa: F401
-    from bedrock_local.service import (custom_models, customization_jobs, deployments,  # noqa: F401
-                                       foundation_models, invocation_jobs, model_copy, tags)
-    return OPERATIONS

@@ -93,7 +93,7 @@ class Job(Base):
 
 
 class ServingNode(Base):
-    """A live serving process (runtime/node.py) and where the API reaches it; it renews
+    """A live serving process (processes/serving.py) and where the API reaches it; it renews
     `expires_at` while it lives, so a node that died is ignored once that time has passed."""
 
     __tablename__ = "serving_nodes"

@@ -4,7 +4,7 @@ make the target model Active; on any error both the job and the target model end
 
 from bedrock_local.jobs.artifacts import copy_object, object_sha256, read_manifest, write_manifest
 from bedrock_local.jobs.lifecycle import move
-from bedrock_local.jobs.worker import Handler, JobContext
+from bedrock_local.jobs.protocol import Handler, JobContext
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.store import resources
 from bedrock_local.store.schema import Resource

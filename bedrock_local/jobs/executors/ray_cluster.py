@@ -30,7 +30,7 @@ import time
 import uuid
 import warnings
 
-from bedrock_local.jobs.worker import JobContext, JobStopped, LeaseLost
+from bedrock_local.jobs.protocol import JobContext, JobStopped, LeaseLost
 from bedrock_local.settings import Settings
 
 log = logging.getLogger("bedrock_local.ray")
@@ -125,7 +125,7 @@ class _ModelActor:
         from types import SimpleNamespace
 
         from bedrock_local.engine import aliases
-        from bedrock_local.jobs.batch_inference import RecordRunner
+        from bedrock_local.jobs.handlers.batch_inference import RecordRunner
         from bedrock_local.jobs.model_sources import ModelSource
         from bedrock_local.storage import open_object_store
 
@@ -149,7 +149,7 @@ class RayRecordRunner:
     """RecordRunner's interface (chunk_size, job_fault, run) over a Ray Data pipeline per window."""
 
     def __init__(self, ctx: JobContext, source, invocation_type: str):
-        from bedrock_local.jobs.batch_inference import TEST_MODEL_CHUNK, RecordRunner
+        from bedrock_local.jobs.handlers.batch_inference import TEST_MODEL_CHUNK, RecordRunner
         from bedrock_local.jobs.model_sources import test_engine
 
         connect(ctx.settings)
@@ -227,8 +227,8 @@ def _train_loop(description: dict) -> None:
     """The Ray Train worker: CustomizationHandler.run on a JobContext of its own, under the driver's
     lease, from the checkpoint recorded on the job now (a run again after a lost node starts there)."""
     from bedrock_local.engine import aliases
-    from bedrock_local.jobs import queue
-    from bedrock_local.jobs.customization import CustomizationHandler
+    from bedrock_local.jobs import lease
+    from bedrock_local.jobs.handlers.customization import CustomizationHandler
     from bedrock_local.storage import open_object_store
     from bedrock_local.store.database import open_database
     from bedrock_local.store.schema import Job
@@ -241,7 +241,7 @@ def _train_loop(description: dict) -> None:
     with db.read_session() as session:
         job = session.get(Job, claim.job_pk)
         checkpoint = dict(job.checkpoint or {}) if job is not None else dict(description["checkpoint"])
-    checkpoint.pop(queue.SAVED_IN_ATTEMPT, None)
+    checkpoint.pop(lease.SAVED_IN_ATTEMPT, None)
     ctx = JobContext(db, open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options),
                      settings, claim, description["worker_id"], checkpoint)
     CustomizationHandler().run(ctx)

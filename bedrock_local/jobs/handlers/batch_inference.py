@@ -7,7 +7,7 @@ error) and `<job id>/manifest.json.out`. Each chunk of finished records is flush
 object before the checkpoint records it, so a Stop or a crash keeps finished work, and a job taken
 back after a crash resumes from the checkpoint without losing or duplicating a record.
 
-On a test model (engine/test_models.py) nothing is loaded and its faults apply:
+On a test model (engine/stub_models.py) nothing is loaded and its faults apply:
 records that fail with a chosen error (`faults.errors` by record number in the job, or a
 `[[fault:NAME]]` in the record), and a job that fails, stops or times out after N records
 (`faults.job`) or right before a record that says `[[fault:job-ACTION]]`; the records before that
@@ -48,8 +48,8 @@ from bedrock_local.jobs import shards
 from bedrock_local.engine.catalog import KIND_TEXT
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.jobs.model_sources import ModelSource, body_format, load_engine
-from bedrock_local.jobs import queue
-from bedrock_local.jobs.worker import Handler, JobContext, JobStopped, LeaseLost
+from bedrock_local.jobs import lease
+from bedrock_local.jobs.protocol import Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import Resource
@@ -166,9 +166,9 @@ class RecordRunner:
         self.model = load_engine(source, ctx.settings, ctx.objects,
                                  lambda path: (model_cache().text_generator(path) if source.kind == KIND_TEXT
                                                else model_cache().embedder(path)))
-        from bedrock_local.engine.test_models import is_test_engine
+        from bedrock_local.engine.stub_models import is_test_engine
 
-        # a test model (engine/test_models.py) loads nothing and may inject faults
+        # a test model (engine/stub_models.py) loads nothing and may inject faults
         self.test_model = is_test_engine(self.model)
         self.faults = self.model.faults if self.test_model else None
 
@@ -181,7 +181,7 @@ class RecordRunner:
         (`[[fault:job-ACTION]]`, the job ends right before that record)."""
         if not self.test_model:
             return None
-        from bedrock_local.engine.test_models import job_directive
+        from bedrock_local.engine.stub_models import job_directive
 
         found = None
         point = self.faults.job_point(done, len(records)) if self.faults is not None else None
@@ -208,7 +208,7 @@ class RecordRunner:
         """Output lines of `records`, with their input and output tokens; `start` is the number of
         records of the job before them (a test model's faults.errors counts records in the job)."""
         from bedrock_local.engine import formats
-        from bedrock_local.engine.test_models import InjectedFault
+        from bedrock_local.engine.stub_models import InjectedFault
 
         parsed, lines = [], [None] * len(records)
         for index, record in enumerate(records):
@@ -267,8 +267,8 @@ class RecordRunner:
 
 def make_runner(ctx, source: ModelSource, invocation_type: str) -> RecordRunner:
     """The RecordRunner of a job or of one of its shards (`ctx`: JobContext or shards.ShardContext)."""
-    if ctx.settings.ray_address:  # the records run on a Ray cluster (jobs/ray_executor.py)
-        from bedrock_local.jobs.ray_executor import RayRecordRunner
+    if ctx.settings.ray_address:  # the records run on a Ray cluster (jobs/executors/ray_cluster.py)
+        from bedrock_local.jobs.executors.ray_cluster import RayRecordRunner
         return RayRecordRunner(ctx, source, invocation_type)
     return RecordRunner(ctx, source, invocation_type)
 
@@ -686,7 +686,7 @@ class BatchInferenceHandler(Handler):
 
     def run_shard(self, db, objects, settings, worker_id: str, claim: "shards.ShardClaim",
                   info: JobInfo | None = None, on_flush=None) -> None:
-        """Run one claimed shard (for its job's coordinator, or for any idle worker: jobs/worker.py)."""
+        """Run one claimed shard (for its job's coordinator, or for any idle worker: processes/worker.py)."""
         if info is None:
             with db.read_session() as session:
                 job = session.get(Resource, claim.resource_pk)
@@ -707,7 +707,7 @@ class BatchInferenceHandler(Handler):
     @staticmethod
     def _shard_state(claim) -> dict:
         state = dict(claim.checkpoint or {"done": 0, "counts": _zero_counts()})
-        state.pop(queue.SAVED_IN_ATTEMPT, None)
+        state.pop(lease.SAVED_IN_ATTEMPT, None)
         return state
 
     def _run_shard(self, sctx: "shards.ShardContext", info: JobInfo, on_flush) -> None:

@@ -31,7 +31,7 @@ from bedrock_local.engine.catalog import find_foundation_model
 from bedrock_local.jobs.artifacts import model_location, sha256_of, write_manifest
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.jobs.model_sources import ModelSource, local_path
-from bedrock_local.jobs.worker import Handler, JobContext, JobStopped, LeaseLost
+from bedrock_local.jobs.protocol import Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.storage import ObjectStore, S3Location, StorageError
 from bedrock_local.storage.folder import TMP_PREFIX, FolderStore
 from bedrock_local.store import resources
@@ -244,8 +244,8 @@ class CustomizationHandler(Handler):
     kind = "customization"
 
     def run(self, ctx: JobContext) -> None:
-        if ctx.settings.ray_address:  # this same method, run in a Ray Train worker (jobs/ray_executor.py)
-            from bedrock_local.jobs import ray_executor
+        if ctx.settings.ray_address:  # this same method, run in a Ray Train worker (jobs/executors/ray_cluster.py)
+            from bedrock_local.jobs.executors import ray_cluster as ray_executor
             return ray_executor.run_customization(ctx)
         from bedrock_local.engine import training
 

@@ -3,7 +3,7 @@
 `resolve_target` turns a bedrock-runtime modelId into where to send the request: a deployment ARN
 goes to the node holding that deployment's lease; a foundation model id or ARN goes to a live node
 chosen by the model (so one node keeps one copy loaded). `NodeCall` is one request on the node's
-socket (runtime/protocol.py), read message by message.
+socket (node_protocol.py), read message by message.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import zlib
 from dataclasses import dataclass
 
 from bedrock_local.engine.catalog import find_foundation_model
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
 from bedrock_local.jobs.model_sources import ModelSource, body_format, foundation_source
-from bedrock_local.runtime import protocol
+from bedrock_local import node_protocol as protocol
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import DEPLOYMENT_KIND
 from bedrock_local.service.errors import (BedrockError, ModelNotReadyException, ResourceNotFoundException,
@@ -53,7 +53,7 @@ def resolve_target(ctx: Context, model_id: str) -> Target:
                 raise ValidationException(
                     f"The deployment '{deployment.name}' is {deployment.status} and cannot serve requests: "
                     f"{deployment.body.get('failureMessage', '')}".rstrip(": "))
-            job = queue.job_for(session, deployment)
+            job = lease.job_for(session, deployment)
             endpoint = live.get(job.lease_owner) if job is not None and job.state == "running" else None
             if endpoint is None:
                 raise ModelNotReadyException(

@@ -6,7 +6,7 @@ from bedrock_local.jobs.artifacts import (copy_object, download_model, read_mani
                                           write_manifest)
 from bedrock_local.jobs.lifecycle import move
 from bedrock_local.jobs.model_sources import custom_model_dir
-from bedrock_local.jobs.worker import Handler, JobContext
+from bedrock_local.jobs.protocol import Handler, JobContext
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.store.schema import Resource
 

@@ -4,7 +4,7 @@ InvokeModelWithResponseStream, on a deployment (by its ARN) or a foundation mode
 Bodies are parsed and rendered by engine/formats.py, the same rules batch jobs use: Converse, and
 for InvokeModel the body format of the model's provider (Meta Llama for the packaged text model,
 Anthropic Messages for a Claude id, Titan, Mistral, Cohere Embed, ...; engine/aliases.py). The
-model runs on a serving node (runtime/node.py); these functions only resolve where, forward the
+model runs on a serving node (processes/serving.py); these functions only resolve where, forward the
 request and shape the answer. A streaming operation returns its event stream as an async iterator
 of `{event name: event}` members; the api layer frames them as application/vnd.amazon.eventstream.
 Anything that goes wrong before the first event is an ordinary error response; after it, an
@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from bedrock_local.engine.formats import (KIND_EMBEDDING, EmbeddingResult, FormatError, InvokeRequest,
                                           StreamRenderer, TextResult, invocation_metrics, parse_converse_body,
                                           parse_invoke, render_converse_response, render_invoke)
-from bedrock_local.runtime.client import NodeCall, Target, resolve_target
+from bedrock_local.service.runtime_targets import NodeCall, Target, resolve_target
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import BedrockError, ValidationException
 from bedrock_local.service.registry import operation

@@ -4,8 +4,6 @@ message a user can act on); a worker with no job to claim runs a shard of anothe
 job (jobs/shards.py). `bedrock-local serve` starts them, `bedrock-local worker` runs one on any host
 that shares the database and object store; ML work runs only here."""
 
-import abc
-import contextlib
 import logging
 import multiprocessing
 import os
@@ -15,9 +13,9 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
 
-from bedrock_local.jobs import queue
+from bedrock_local.jobs import lease
+from bedrock_local.jobs.protocol import MAX_ATTEMPTS, Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.jobs.lifecycle import is_final
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore, open_object_store
@@ -26,102 +24,15 @@ from bedrock_local.store.schema import Resource
 
 log = logging.getLogger("bedrock_local.worker")
 
-MAX_ATTEMPTS = 3  # interruptions in a row without a new checkpoint before a job ends Failed
 RESPAWN_DELAY_SECONDS = (0.5, 30.0)  # a worker that died is started again after 0.5 s, doubling to 30 s while
 # each one dies within a minute of its start
 
 
-class LeaseLost(Exception):
-    """Another worker took the job over; this one must stop touching it."""
-
-
-class JobStopped(Exception):
-    """The user asked the job to stop."""
-
-
-@dataclass
-class JobContext:
-    """What a handler gets: the stores, its job's identity, checkpoints and stop/lease signals."""
-
-    db: Database
-    objects: ObjectStore
-    settings: Settings
-    claim: queue.Claim
-    worker_id: str
-    checkpoint: dict = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lost: threading.Event = field(default_factory=threading.Event)
-    _done: threading.Event = field(default_factory=threading.Event)
-    progress: dict | None = None
-
-    @property
-    def resource_pk(self) -> int:
-        return self.claim.resource_pk
-
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    def should_stop(self) -> bool:
-        """Stop requested or lease lost: long work should wind down at its next safe point."""
-        return self._stop.is_set() or self._lost.is_set()
-
-    def check_lease(self) -> None:
-        if self._lost.is_set():
-            raise LeaseLost()
-
-    def check(self) -> None:
-        """Raise if the lease is lost or a stop was requested (call between units of work)."""
-        if self._lost.is_set():
-            raise LeaseLost()
-        if self._stop.is_set():
-            raise JobStopped()
-
-    def save_checkpoint(self, checkpoint: dict) -> None:
-        """Record where a resumed job starts; it also tells the queue that this attempt made progress
-        (queue.SAVED_IN_ATTEMPT), so interruptions are counted from here on."""
-        with self.session() as session:
-            queue.save_checkpoint(session, self.claim.job_pk, self.worker_id,
-                                  {**checkpoint, queue.SAVED_IN_ATTEMPT: self.claim.attempts})
-        self.checkpoint = checkpoint
-
-    @contextlib.contextmanager
-    def session(self):
-        """A write transaction that holds only while this worker still owns the job: a worker whose
-        lease was taken over gets LeaseLost instead of writing over its successor."""
-        with self.db.session() as session, session.begin():
-            if not queue.still_owned(session, self.claim.job_pk, self.worker_id):
-                self._lost.set()
-                raise LeaseLost()
-            yield session
-
-    def resource(self, session) -> Resource:
-        return session.get(Resource, self.resource_pk)
-
-
-class Handler(abc.ABC):
-    """One kind of job. `run` does the work (resuming from ctx.checkpoint); `fail` records why it ended."""
-
-    kind: str = ""
-
-    @abc.abstractmethod
-    def run(self, ctx: JobContext) -> None: ...
-
-    @abc.abstractmethod
-    def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None: ...
-
-    def stopped(self, ctx: JobContext, session, resource: Resource) -> None:
-        self.fail(ctx, session, resource, "The job was stopped.")
-
-    def ended(self, ctx: JobContext, resource: Resource) -> None:
-        """A worker took back a job whose resource had already ended (the last worker was lost right
-        after ending it): clean up what that worker would have. Nothing by default."""
-
-
 def handlers() -> dict[str, Handler]:
-    from bedrock_local.jobs.batch_inference import BatchInferenceHandler
-    from bedrock_local.jobs.customization import CustomizationHandler
-    from bedrock_local.jobs.model_copy import ModelCopyHandler
-    from bedrock_local.jobs.model_import import ModelImportHandler
+    from bedrock_local.jobs.handlers.batch_inference import BatchInferenceHandler
+    from bedrock_local.jobs.handlers.customization import CustomizationHandler
+    from bedrock_local.jobs.handlers.model_copy import ModelCopyHandler
+    from bedrock_local.jobs.handlers.model_import import ModelImportHandler
     return {h.kind: h for h in (ModelImportHandler(), ModelCopyHandler(), BatchInferenceHandler(),
                                 CustomizationHandler())}
 
@@ -147,7 +58,7 @@ class Worker:
                 self.stopping.wait(self.settings.poll_seconds)
 
     def run_once(self) -> bool:
-        claim = queue.claim(self.db, self.worker_id, self.settings.lease_seconds, tuple(self.handlers))
+        claim = lease.claim(self.db, self.worker_id, self.settings.lease_seconds, tuple(self.handlers))
         if claim is None:
             return self._run_shard()
         self._run(claim)
@@ -171,10 +82,10 @@ class Worker:
             log.error("shard %s of job %s: %s", claim.number, claim.job_pk, traceback.format_exc())
         return True
 
-    def _run(self, claim: queue.Claim) -> None:
+    def _run(self, claim: lease.Claim) -> None:
         handler = self.handlers[claim.kind]
         checkpoint = dict(claim.checkpoint or {})
-        progress_attempt = checkpoint.pop(queue.SAVED_IN_ATTEMPT, 0)
+        progress_attempt = checkpoint.pop(lease.SAVED_IN_ATTEMPT, 0)
         ctx = JobContext(self.db, self.objects, self.settings, claim, self.worker_id, checkpoint)
         with self.db.read_session() as session:
             resource = session.get(Resource, claim.resource_pk)
@@ -213,7 +124,7 @@ class Worker:
 
     def _end(self, ctx: JobContext, record) -> None:
         with self.db.session() as session, session.begin():
-            if not queue.finish(session, ctx.claim.job_pk, self.worker_id):
+            if not lease.finish(session, ctx.claim.job_pk, self.worker_id):
                 log.warning("job %s: lease lost before it ended, leaving it to its new owner", ctx.claim.job_pk)
                 return
             resource = session.get(Resource, ctx.resource_pk)
@@ -223,7 +134,7 @@ class Worker:
                 record(session, resource)
 
     def _heartbeat(self, ctx: JobContext) -> None:
-        queue.keep_lease(ctx, self.settings.lease_seconds, lambda: queue.heartbeat(
+        lease.keep_lease(ctx, self.settings.lease_seconds, lambda: lease.heartbeat(
             self.db, ctx.claim.job_pk, self.worker_id, self.settings.lease_seconds, ctx.progress), "heartbeat")
 
 

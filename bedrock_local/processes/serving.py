@@ -1,10 +1,10 @@
 """A serving node: the process that keeps models loaded and answers bedrock-runtime requests.
 
 `bedrock-local serve` starts one (or `--serving-workers N`); the API process never loads a model.
-A node listens on a local TCP port (runtime/protocol.py), registers that endpoint in the
+A node listens on a local TCP port (node_protocol.py), registers that endpoint in the
 `serving_nodes` table and renews it while it lives. It serves two kinds of model:
 
-- deployments: it claims `model-deployment` jobs (jobs/queue.py) and holds each one's lease for as
+- deployments: it claims `model-deployment` jobs (jobs/lease.py) and holds each one's lease for as
   long as it serves it. Claiming loads the custom model, checks it answers one request, and moves
   the deployment Creating -> Active (or Failed, with the reason). Each heartbeat renews the lease and
   reads the deployment: an update (`updateDetails.updateStatus` Updating) loads the new model beside
@@ -16,7 +16,7 @@ A node listens on a local TCP port (runtime/protocol.py), registers that endpoin
 
 Text models are served by a ContinuousBatcher (engine/continuous.py): concurrent requests share
 decoding steps. Embedding models answer each request as it comes, in a thread. The test models
-(engine/test_models.py) load nothing and answer on the node's event loop; the faults they inject
+(engine/stub_models.py) load nothing and answer on the node's event loop; the faults they inject
 (InjectedFault: throttling, model errors, ...) go back as error lines naming their exception.
 """
 
@@ -35,12 +35,12 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from bedrock_local.engine.test_models import InjectedFault, is_test_engine
-from bedrock_local.jobs import queue
+from bedrock_local.engine.stub_models import InjectedFault, is_test_engine
+from bedrock_local.jobs import lease
 from bedrock_local.jobs.lifecycle import move
-from bedrock_local.jobs.worker import MAX_ATTEMPTS
+from bedrock_local.jobs.protocol import MAX_ATTEMPTS
 from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelFilesUnavailable, ModelSource, load_engine
-from bedrock_local.runtime import protocol
+from bedrock_local import node_protocol as protocol
 from bedrock_local.settings import Settings
 from bedrock_local.storage import open_object_store
 from bedrock_local.store import nodes
@@ -75,7 +75,7 @@ class Served:
 
 def load_served(source: ModelSource, settings: Settings, objects) -> Served:
     """Fetch the weights, load the model and check that it answers (blocking: run it in a thread).
-    A test model (engine/test_models.py) is built at once: nothing to fetch, load or check."""
+    A test model (engine/stub_models.py) is built at once: nothing to fetch, load or check."""
     try:
         engine = load_engine(source, settings, objects, lambda path: _load_weights(source, path))
     except ModelFilesUnavailable as exc:
@@ -213,13 +213,13 @@ class ServingNode:
         with contextlib.suppress(Exception), self.db.session() as session, session.begin():
             nodes.remove(session, self.node_id)
             for deployment in self.deployments.values():
-                queue.release(session, deployment.job_pk, self.node_id)
+                lease.release(session, deployment.job_pk, self.node_id)
 
     # ---- deployments -----------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while True:
             try:
-                claim = await asyncio.to_thread(queue.claim, self.db, self.node_id, self.settings.lease_seconds,
+                claim = await asyncio.to_thread(lease.claim, self.db, self.node_id, self.settings.lease_seconds,
                                                 (DEPLOYMENT_JOB,))
             except Exception:
                 log.warning("claiming a deployment failed: %s", traceback.format_exc(limit=1))
@@ -236,7 +236,7 @@ class ServingNode:
                 return None
             return resource.arn, resource.status, dict(resource.body)
 
-    async def _start_deployment(self, claim: queue.Claim) -> None:
+    async def _start_deployment(self, claim: lease.Claim) -> None:
         self.loading_jobs.add(claim.job_pk)
         try:
             found = await asyncio.to_thread(self._read_deployment, claim.resource_pk)
@@ -266,11 +266,11 @@ class ServingNode:
             self.loading_jobs.discard(claim.job_pk)
 
     def _owned_resource(self, session, job_pk: int, resource_pk: int) -> Resource | None:
-        if not queue.still_owned(session, job_pk, self.node_id):
+        if not lease.still_owned(session, job_pk, self.node_id):
             return None
         return session.get(Resource, resource_pk)
 
-    def _activate(self, claim: queue.Claim) -> bool:
+    def _activate(self, claim: lease.Claim) -> bool:
         with self.db.session() as session, session.begin():
             resource = self._owned_resource(session, claim.job_pk, claim.resource_pk)
             if resource is None:
@@ -279,17 +279,17 @@ class ServingNode:
                 move(resource, "Active")
             return True
 
-    def _fail_deployment(self, claim: queue.Claim, message: str) -> None:
+    def _fail_deployment(self, claim: lease.Claim, message: str) -> None:
         with self.db.session() as session, session.begin():
             resource = self._owned_resource(session, claim.job_pk, claim.resource_pk)
             if resource is None:
                 return
             move(resource, "Failed", failureMessage=message[:2048])
-            queue.finish(session, claim.job_pk, self.node_id)
+            lease.finish(session, claim.job_pk, self.node_id)
 
     def _finish_job(self, job_pk: int) -> None:
         with self.db.session() as session, session.begin():
-            queue.finish(session, job_pk, self.node_id)
+            lease.finish(session, job_pk, self.node_id)
 
     async def _heartbeat_loop(self, parent_pid: int | None) -> None:
         interval = max(0.2, self.settings.lease_seconds / 5)
@@ -320,9 +320,9 @@ class ServingNode:
             if not nodes.renew(session, self.node_id, self._ttl()):
                 nodes.register(session, self.node_id, self.endpoint, self._ttl())
         for job_pk in list(self.loading_jobs):
-            queue.heartbeat(self.db, job_pk, self.node_id, self.settings.lease_seconds)
+            lease.heartbeat(self.db, job_pk, self.node_id, self.settings.lease_seconds)
         for deployment in list(self.deployments.values()):
-            ours, _ = queue.heartbeat(self.db, deployment.job_pk, self.node_id, self.settings.lease_seconds)
+            ours, _ = lease.heartbeat(self.db, deployment.job_pk, self.node_id, self.settings.lease_seconds)
             if not ours:
                 deployment.lost = True
 

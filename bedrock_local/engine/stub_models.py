@@ -79,6 +79,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .errors import ModelCallError
 from .formats import (END_TURN, MAX_TOKENS, STOP_SEQUENCE, EmbeddingRequest, EmbeddingResult, FormatError,
                       TextRequest, TextResult)
 
@@ -114,15 +115,13 @@ def count_tokens(text: str | None) -> int:
 # Faults
 
 
-class InjectedFault(Exception):
-    """A fault injected on purpose: `code` is the modelled exception, `status` its HTTP status (the
-    errorCode of a batch error line)."""
+class InjectedFault(ModelCallError):
+    """A fault injected on purpose: the modelled exception a real model's call would raise."""
 
     def __init__(self, name: str, why: str, message: str | None = None):
         code, status, default = FAULTS[name]
-        self.name, self.code, self.status = name, code, status
-        self.message = f"{message or default} (injected fault '{name}': {why})"
-        super().__init__(self.message)
+        self.name = name
+        super().__init__(code, status, f"{message or default} (injected fault '{name}': {why})")
 
 
 class FaultConfigError(ValueError):

@@ -137,3 +137,11 @@ def keep_lease(ctx, lease_seconds: float, renew, what: str) -> None:
             ctx._stop.set()
         if not ours:
             ctx._lost.set()
+
+
+def cancel_queued(session: Session, resource: Resource) -> bool:
+    """End the resource's job before any worker took it: True when it was still queued (it is done
+    now and no worker will run it), False when a worker holds it or it has ended."""
+    done = session.execute(update(Job).where(Job.resource_pk == resource.pk, Job.state == "queued")
+                           .values(state="done").execution_options(synchronize_session=False))
+    return done.rowcount == 1

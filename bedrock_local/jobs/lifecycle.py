@@ -40,5 +40,21 @@ def move(resource: Resource, status: str, **body_changes) -> None:
     update(resource, status=status, **body_changes)
 
 
+def update_body(resource: Resource, **body_changes) -> None:
+    """Change members of the resource's body and leave its status as it is."""
+    update(resource, status=resource.status, **body_changes)
+
+
 def is_final(resource: Resource) -> bool:
     return not TRANSITIONS.get(resource.kind, {}).get(resource.status)
+
+
+def unfinished_statuses(kind: str) -> tuple[str, ...]:
+    """The statuses of `kind` that have a move left, in the order TRANSITIONS lists them."""
+    return tuple(TRANSITIONS[kind])
+
+
+def final_statuses(kind: str) -> frozenset[str]:
+    """The statuses of `kind` that no move leaves: every status a move reaches that has none of its own."""
+    reached = {status for targets in TRANSITIONS[kind].values() for status in targets}
+    return frozenset(reached - set(TRANSITIONS[kind]))

@@ -3,9 +3,11 @@ only) and `serving` (a serving node only: keeps deployed models loaded for bedro
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bedrock_local.settings import Settings
@@ -13,56 +15,85 @@ from bedrock_local.settings import Settings
 log = logging.getLogger("bedrock_local")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, default=Path(".bedrock-local"),
-                        help="where the SQLite file, the embedded object store (<data-dir>/s3/<bucket>/<key>) and caches live")
-    parser.add_argument("--database-url", help="a SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in the data dir)")
-    parser.add_argument("--s3-endpoint-url", help="an S3 endpoint for s3:// URIs and model artifacts (default: the embedded folder store)")
-    parser.add_argument("--model-bucket", default="bedrock-local-models", help="the bucket that holds custom model artifacts")
-    parser.add_argument("--lease-seconds", type=float, default=30.0, help="how long a worker's claim on a job lasts without a heartbeat")
-    parser.add_argument("--cache-dir", type=Path,
-                        help="where models are unpacked for loading (default: <data-dir>/cache); may be shared by servers")
-    parser.add_argument("--batch-min-records", type=int, default=1, help="quota: fewest records a batch job may have")
-    parser.add_argument("--batch-max-records", type=int, default=50_000, help="quota: most records per batch job")
-    parser.add_argument("--batch-max-records-per-file", type=int, default=50_000,
-                        help="quota: most records per batch input file")
-    parser.add_argument("--quota", action="append", default=[], metavar="KEY=VALUE",
-                        help="set a service quota, e.g. customization-jobs=4, batch-input-file-size=500MB, "
-                             "all=unlimited (repeatable, later ones win; the README lists the quotas)")
-    parser.add_argument("--batch-max-record-bytes", type=int, default=25_000_000,
-                        help="quota: longest line (record) of a batch input file; a longer one becomes an error line "
-                             "(default 25000000, InvokeModel's largest body)")
-    parser.add_argument("--job-hour-seconds", type=float, default=3600.0,
-                        help="seconds that count as one hour for job timeouts and expiry (for tests; default 3600)")
-    parser.add_argument("--model-aliases", type=Path,
-                        help="JSON file mapping AWS model ids to packaged models, added to the default map "
-                             "(see the README, 'Model aliases')")
-    parser.add_argument("--batch-shard-records", type=int, default=10_000,
-                        help="records per shard of a batch inference job; a larger job is split into shards that "
-                             "every worker process on the same database may claim (default 10000)")
-    parser.add_argument("--ray-address",
-                        help="run batch inference (Ray Data) and customization (Ray Train) on the Ray cluster at this "
-                             "address, e.g. 10.0.0.5:6379; the workers stay the jobs' drivers (default: run them locally)")
-    parser.add_argument("--log-level", default="info")
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A command-line flag. One that sets a Settings field (`field`) takes that field's default:
+    settings.py is the one place for every default, and help texts that state one read it there."""
+
+    name: str
+    help: str | None = None
+    field: str | None = None
+    type: Callable | None = None
+    options: dict = dataclasses.field(default_factory=dict)  # other add_argument options
+
+    @property
+    def dest(self) -> str:
+        return self.name[2:].replace("-", "_")
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        options = {"default": getattr(Settings, self.field)} if self.field else {}
+        parser.add_argument(self.name, type=self.type, help=self.help, **options, **self.options)
+
+
+SHARED_FLAGS = (  # serve, worker and serving
+    Flag("--data-dir", "where the SQLite file, the embedded object store (<data-dir>/s3/<bucket>/<key>) and caches live",
+         "data_dir", Path),
+    Flag("--database-url", "a SQLAlchemy URL, e.g. postgresql://user@host/db (default: SQLite in the data dir)",
+         "database_url"),
+    Flag("--s3-endpoint-url", "an S3 endpoint for s3:// URIs and model artifacts (default: the embedded folder store)",
+         "s3_endpoint_url"),
+    Flag("--model-bucket", "the bucket that holds custom model artifacts", "model_bucket"),
+    Flag("--lease-seconds", "how long a worker's claim on a job lasts without a heartbeat", "lease_seconds", float),
+    Flag("--cache-dir", "where models are unpacked for loading (default: <data-dir>/cache); may be shared by servers",
+         "cache_root", Path),
+    Flag("--batch-min-records", "quota: fewest records a batch job may have", "batch_min_records", int),
+    Flag("--batch-max-records", "quota: most records per batch job", "batch_max_records", int),
+    Flag("--batch-max-records-per-file", "quota: most records per batch input file", "batch_max_records_per_file", int),
+    Flag("--quota", "set a service quota, e.g. customization-jobs=4, batch-input-file-size=500MB, all=unlimited "
+                    "(repeatable, later ones win; the README lists the quotas)",
+         options={"action": "append", "default": [], "metavar": "KEY=VALUE"}),
+    Flag("--batch-max-record-bytes", "quota: longest line (record) of a batch input file; a longer one becomes an "
+                                     f"error line (default {Settings.batch_max_record_bytes}, InvokeModel's largest body)",
+         "batch_max_record_bytes", int),
+    Flag("--job-hour-seconds", "seconds that count as one hour for job timeouts and expiry "
+                               f"(for tests; default {Settings.hour_seconds:g})", "hour_seconds", float),
+    Flag("--model-aliases", "JSON file mapping AWS model ids to packaged models, added to the default map "
+                            "(see the README, 'Model aliases')", "model_aliases", Path),
+    Flag("--batch-shard-records", "records per shard of a batch inference job; a larger job is split into shards that "
+                                  "every worker process on the same database may claim "
+                                  f"(default {Settings.batch_shard_records})", "batch_shard_records", int),
+    Flag("--ray-address", "run batch inference (Ray Data) and customization (Ray Train) on the Ray cluster at this "
+                          "address, e.g. 10.0.0.5:6379; the workers stay the jobs' drivers (default: run them locally)",
+         "ray_address"),
+    Flag("--log-level", options={"default": "info"}),
+)
+SERVE_FLAGS = (
+    Flag("--host", field="host"),
+    Flag("--port", field="port", type=int),
+    Flag("--workers", "worker processes to start (0: an API-only node)", "workers", int),
+    Flag("--serving-workers", "serving processes to start: they load deployed models and answer bedrock-runtime "
+                              "(default 1, or 0 with --workers 0: an API-only node)", type=int),
+    Flag("--max-request-bytes", "largest request body the API reads; larger ones answer ValidationException "
+                                f"(default {Settings.max_request_bytes}, InvokeModel's largest body)",
+         "max_request_bytes", int),
+    Flag("--credentials-file", 'JSON: {"<access key id>": {"secretAccessKey": "...", "accountId": "111111111111"}}',
+         "credentials_file", Path),
+)
 
 
 def _settings(args: argparse.Namespace, **extra) -> Settings:
+    """The Settings the flags of `args` give (SHARED_FLAGS, and SERVE_FLAGS where the command has them)."""
     from bedrock_local.quotas import QuotaSettingError, parse_quota_flags
 
     try:
         quotas, quota_fields = parse_quota_flags(args.quota)
     except QuotaSettingError as exc:
         sys.exit(f"bedrock-local: {exc}")
-    for name, value in quota_fields.items():  # quotas kept in their own flags' fields (--batch-max-records, ...)
-        setattr(args, name, value)
-    extra["quotas"] = quotas
-    extra.setdefault("ray_address", getattr(args, "ray_address", None))
-    return Settings(data_dir=args.data_dir, database_url=args.database_url, s3_endpoint_url=args.s3_endpoint_url,
-                    model_bucket=args.model_bucket, lease_seconds=args.lease_seconds, cache_root=args.cache_dir,
-                    batch_min_records=args.batch_min_records, batch_max_records=args.batch_max_records,
-                    batch_max_records_per_file=args.batch_max_records_per_file, hour_seconds=args.job_hour_seconds,
-                    model_aliases=args.model_aliases, batch_max_record_bytes=args.batch_max_record_bytes,
-                    batch_shard_records=max(1, args.batch_shard_records), **extra)
+    fields = {flag.field: getattr(args, flag.dest) for flag in SHARED_FLAGS + SERVE_FLAGS
+              if flag.field and hasattr(args, flag.dest)}
+    fields.update(quota_fields)  # quotas kept in their own flags' fields (--batch-max-records, ...)
+    fields["batch_shard_records"] = max(1, fields["batch_shard_records"])
+    return Settings(**fields, quotas=quotas, **extra)
 
 
 def _open_stores(settings: Settings):
@@ -100,9 +131,7 @@ def serve(args: argparse.Namespace) -> int:
 
     if args.serving_workers is None:
         args.serving_workers = 1 if args.workers > 0 else 0
-    settings = _settings(args, host=args.host, port=args.port, workers=args.workers,
-                         serving_workers=args.serving_workers, credentials_file=args.credentials_file,
-                         max_request_bytes=args.max_request_bytes)
+    settings = _settings(args, serving_workers=args.serving_workers)
     db, objects = _open_stores(settings)
     from bedrock_local.api.identity import CredentialsFileError
 
@@ -169,26 +198,14 @@ def serving(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bedrock-local", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_parser = commands.add_parser("serve", help="run the API server and its worker processes")
-    _common(serve_parser)
-    serve_parser.add_argument("--host", default="127.0.0.1")
-    serve_parser.add_argument("--port", type=int, default=8700)
-    serve_parser.add_argument("--workers", type=int, default=1, help="worker processes to start (0: an API-only node)")
-    serve_parser.add_argument("--serving-workers", type=int,
-                              help="serving processes to start: they load deployed models and answer bedrock-runtime "
-                                   "(default 1, or 0 with --workers 0: an API-only node)")
-    serve_parser.add_argument("--max-request-bytes", type=int, default=25_000_000,
-                              help="largest request body the API reads; larger ones answer ValidationException "
-                                   "(default 25000000, InvokeModel's largest body)")
-    serve_parser.add_argument("--credentials-file", type=Path,
-                              help='JSON: {"<access key id>": {"secretAccessKey": "...", "accountId": "111111111111"}}')
-    serve_parser.set_defaults(run=serve)
-    worker_parser = commands.add_parser("worker", help="run one worker process (no API) against a shared database")
-    _common(worker_parser)
-    worker_parser.set_defaults(run=worker)
-    serving_parser = commands.add_parser("serving", help="run one serving node (no API) against a shared database")
-    _common(serving_parser)
-    serving_parser.set_defaults(run=serving)
+    for name, run, help, flags in (
+            ("serve", serve, "run the API server and its worker processes", SHARED_FLAGS + SERVE_FLAGS),
+            ("worker", worker, "run one worker process (no API) against a shared database", SHARED_FLAGS),
+            ("serving", serving, "run one serving node (no API) against a shared database", SHARED_FLAGS)):
+        command = commands.add_parser(name, help=help)
+        for flag in flags:
+            flag.add_to(command)
+        command.set_defaults(run=run)
     from bedrock_local.console_cli import register as register_client_commands
 
     register_client_commands(commands)  # jobs, watch, models, quickstart: clients of a running server

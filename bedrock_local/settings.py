@@ -1,4 +1,5 @@
-"""The configuration of one bedrock-local process, from command-line flags."""
+"""The configuration of one bedrock-local process, from command-line flags. The defaults below are
+the flags' defaults too (cli.py reads them here): each is written once."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ class Settings:
     # the service quotas changed by `--quota KEY=VALUE` (key -> value, None: unlimited); the list of
     # quotas, AWS's names and defaults are in bedrock_local/quotas.py
     quotas: dict = field(default_factory=dict)
-    # how many seconds count as one hour for job timeouts and expiry (3600; tests shorten it)
+    # how many seconds count as one hour for job timeouts and expiry (tests shorten it)
     hour_seconds: float = 3600.0
     # a Ray cluster (`--ray-address`) that runs the compute of batch inference and customization jobs;
     # the workers stay their drivers (jobs/executors/ray_cluster.py); None: the workers run it themselves

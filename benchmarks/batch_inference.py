@@ -43,24 +43,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from bedrock_local import testing
+from benchmarks.common import BENCH_ACCESS_KEY, BENCH_SECRET_KEY, SMOLLM2_ID, loadavg, materialized_folder, work_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-MODEL_ID = "huggingface.smollm2-135m-instruct-v1:0"
+MODEL_ID = SMOLLM2_ID
 TEST_MODEL_ID = "bedrock-local.test-text-v1:0"
 ACCOUNT, REGION = "123456789012", "us-east-1"  # the server's open mode: every key is this account
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/BedrockBatchInference"
@@ -110,36 +110,8 @@ def subset_indices(total: int, count: int) -> list[int]:
     return [i * total // count for i in range(count)]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
-
-
 # --------------------------------------------------------------------------------------------
 # Models
-
-
-def materialized_folder(cache_dir: Path) -> tuple[Path, float]:
-    """The packaged SmolLM2 as a plain HF folder in the cache the server uses
-    (`<cache-dir>/foundation-models`, under the same lock), and the seconds spent converting."""
-    from bedrock_local.engine.catalog import find_foundation_model
-    from bedrock_local.engine.loading import materialize_foundation_model
-
-    cache = cache_dir / "foundation-models"
-    cache.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        folder = materialize_foundation_model(find_foundation_model(MODEL_ID), cache)
-    return folder, time.perf_counter() - started
 
 
 def random_weight_folder(cache_dir: Path, tokenizer_dir: Path | None) -> tuple[Path, float]:
@@ -222,7 +194,8 @@ def baseline_child(spec_file: Path) -> None:
 def run_baseline(model_dir: Path, prompts: list[str], new_tokens: int, work: Path) -> dict:
     spec = work / "baseline-spec.json"
     spec.write_text(json.dumps({"model_dir": str(model_dir), "prompts": prompts, "new_tokens": new_tokens}))
-    subprocess.run([sys.executable, str(Path(__file__).resolve()), "--baseline-child", str(spec)], check=True)
+    subprocess.run([sys.executable, "-m", "benchmarks.batch_inference", "--baseline-child", str(spec)], check=True,
+                   cwd=Path(__file__).resolve().parent.parent)
     return json.loads(spec.with_suffix(".result.json").read_text())
 
 
@@ -276,31 +249,20 @@ def busy_threads(pid: int) -> int:
     return sum(1 for t in times if top and t >= top / 5)
 
 
-class Server:
-    def __init__(self, data_dir: Path, cache_dir: Path, workers: int = 1):
-        self.data_dir, self.cache_dir, self.workers = data_dir, cache_dir, workers
-        self.port = free_port()
-        self.log = data_dir.parent / "server.log"
-        self.process: subprocess.Popen | None = None
+class Server(testing.Server):
+    """`bedrock-local serve --workers N` on the benchmark's model cache; ready once it listens and every
+    worker process is up and idle."""
 
-    def start(self) -> "Server":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "bedrock_local.cli", "serve", "--port", str(self.port),
-                   "--data-dir", str(self.data_dir), "--workers", str(self.workers),
-                   "--cache-dir", str(self.cache_dir), "--log-level", "warning"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-        self.process = subprocess.Popen(command, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    self._wait_for_idle_workers(deadline)
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not listen on {self.port}:\n{self.log.read_text()[-4000:]}")
+    start_timeout = 120.0
+
+    def __init__(self, data_dir: Path, cache_dir: Path, workers: int = 1):
+        super().__init__(data_dir, workers=workers, cache_dir=cache_dir, log_level="warning",
+                         log=data_dir.parent / "server.log")
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        super().wait_ready(timeout)
+        self._wait_for_idle_workers(deadline)
 
     def _wait_for_idle_workers(self, deadline: float) -> None:
         """Until every worker process is up and idle (imports done, polling the queue)."""
@@ -313,39 +275,8 @@ class Server:
             last = ticks
             time.sleep(1.0)
 
-    def stop(self) -> None:
-        if not self.process:
-            return
-        group = self.process.pid  # its own session: the group holds the API process and its workers
-        if self.process.poll() is None:
-            os.killpg(group, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        # uvicorn re-raises SIGTERM once it has shut down, so `serve` dies before it stops its workers;
-        # a worker in the middle of a job finishes the job first. Give them a moment, then kill them.
-        deadline = time.monotonic() + 5
-        with contextlib.suppress(ProcessLookupError):
-            while time.monotonic() < deadline:
-                os.killpg(group, 0)
-                time.sleep(0.2)
-            os.killpg(group, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
-
     def client(self):
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client("bedrock", endpoint_url=f"http://127.0.0.1:{self.port}", region_name=REGION,
-                            aws_access_key_id="AKIDBENCH", aws_secret_access_key="bench",
-                            config=Config(retries={"max_attempts": 3}))
-
-    def bucket(self, name: str) -> Path:
-        path = self.data_dir / "s3" / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return super().client(access_key=BENCH_ACCESS_KEY, secret_key=BENCH_SECRET_KEY, retries={"max_attempts": 3})
 
     def memory(self) -> dict:
         """The API process and its workers (the process tree under it): peak and current RSS."""
@@ -359,7 +290,7 @@ class Server:
 
 def import_custom_model(server: Server, bedrock, folder: Path, name: str, poll: float) -> tuple[str, float]:
     """Copy the HF folder into the embedded S3 store, CreateCustomModel, wait for Active."""
-    source = server.bucket(MODEL_SOURCE_BUCKET) / "smollm2-135m-random"
+    source = server.folder(MODEL_SOURCE_BUCKET) / "smollm2-135m-random"
     shutil.copytree(folder, source, ignore=shutil.ignore_patterns(".*"))
     started = time.perf_counter()
     arn = bedrock.create_custom_model(
@@ -377,10 +308,10 @@ def import_custom_model(server: Server, bedrock, folder: Path, name: str, poll: 
 def run_job(server: Server, bedrock, model_id: str, prompts: list[str], new_tokens: int, name: str,
             poll: float) -> dict:
     records = converse_records(prompts, new_tokens)
-    input_dir = server.bucket(INPUT_BUCKET) / name
+    input_dir = server.folder(INPUT_BUCKET) / name
     input_dir.mkdir(parents=True, exist_ok=True)
     (input_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    server.bucket(OUTPUT_BUCKET)
+    server.folder(OUTPUT_BUCKET)
 
     timeline: list[tuple[float, str, int]] = []  # (seconds since Create, status, processedRecordCount)
     before = {p["pid"]: p["cpu_ticks"] for p in server.memory()["workers"]}
@@ -452,14 +383,14 @@ def converse_records(prompts: list[str], new_tokens: int) -> list[dict]:
 
 
 def test_model_baseline(prompts: list[str], new_tokens: int, rounds: int = 3) -> dict:
-    """(a) for --test-model: the same records through TestTextModel.generate() in this process (best of
+    """(a) for --test-model: the same records through StubTextModel.generate() in this process (best of
     `rounds`), and apart the whole in-process path of a record without the job around it: its JSON
     line parsed, its Converse body parsed, generate, the response rendered and its output line dumped."""
     from bedrock_local.engine import formats
-    from bedrock_local.engine.stub_models import TestTextModel
+    from bedrock_local.engine.stub_models import StubTextModel
 
     raw = [json.dumps(record) for record in converse_records(prompts, new_tokens)]
-    model = TestTextModel()
+    model = StubTextModel()
     generate_s, pipeline_s, output_tokens = [], [], 0
     for _ in range(rounds):
         records = [json.loads(line) for line in raw]
@@ -492,9 +423,8 @@ def main_test_model(args, console) -> int:
     baseline = test_model_baseline(prompts, args.new_tokens)
     console.print(f"    generate {baseline['generate_s'] * 1000:.1f} ms; parse + generate + render + dump "
                   f"{baseline['pipeline_s'] * 1000:.1f} ms")
-    work = Path(tempfile.mkdtemp(prefix="bedrock-local-bench-batch-"))
     jobs: list[dict] = []
-    try:
+    with work_dir("bedrock-local-bench-batch-", args.keep, console.print) as work:
         server = Server(work / "data", args.cache_dir, args.workers).start()
         try:
             bedrock = server.client()
@@ -514,7 +444,7 @@ def main_test_model(args, console) -> int:
         for column in ("mode", "records", "output tokens", "seconds", "records/s", "us/record", "vs (a)"):
             table.add_column(column, justify="left" if column == "mode" else "right")
         base = baseline["generate_s"]
-        rows = [("(a) TestTextModel.generate(), in-process", baseline["generate_s"], baseline["output_tokens"]),
+        rows = [("(a) StubTextModel.generate(), in-process", baseline["generate_s"], baseline["output_tokens"]),
                 ("(a') parse + generate + render + JSON line, in-process", baseline["pipeline_s"],
                  baseline["output_tokens"])]
         for job in jobs:
@@ -547,11 +477,6 @@ def main_test_model(args, console) -> int:
                           f"{best / baseline['pipeline_s']:.1f}x")
         console.print(f"environment: {platform.platform()}, python {platform.python_version()}, {os.cpu_count()} "
                       f"CPUs, server --workers {args.workers}; whole run {time.perf_counter() - run_started:.0f} s")
-    finally:
-        if args.keep:
-            console.print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
@@ -630,9 +555,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"the server finds it in the shared --cache-dir)")
     console.print(f"model: {what}: {model_dir}")
 
-    work = Path(tempfile.mkdtemp(prefix="bedrock-local-bench-batch-"))
     baseline = None
-    try:
+    with work_dir("bedrock-local-bench-batch-", args.keep, console.print) as work:
         # (a)
         if not args.skip_baseline:
             count = args.baseline_records or args.records
@@ -762,11 +686,6 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"environment: {platform.platform()}, python {platform.python_version()}, "
                       f"{os.cpu_count()} CPUs, --threads {args.threads or 'not set'}, load average after (a) {baseline['load_avg'] if baseline else '-'}; "
                       f"whole run {time.perf_counter() - run_started:.0f} s")
-    finally:
-        if args.keep:
-            console.print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -54,7 +54,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import string
 import subprocess
 import sys
@@ -69,15 +68,16 @@ import boto3
 import botocore
 import sqlalchemy
 from sqlalchemy import event
-from botocore.config import Config
 from rich.console import Console
 from rich.table import Table
 
+from bedrock_local import testing
 from bedrock_local.jobs.artifacts import model_location
 from bedrock_local.settings import Settings
 from bedrock_local.store import resources
 from bedrock_local.store.database import open_database
 from bedrock_local.store.resources import Scope
+from benchmarks.common import cpu_seconds, percentile
 
 ACCOUNTS = ["111111111111", "222222222222", "333333333333", "444444444444"]
 REGIONS = ["us-east-1", "us-west-2", "eu-west-1"]
@@ -204,12 +204,6 @@ def seed(database_url: str, settings: Settings, plan: Plan, seed_value: int) -> 
 
 # ---------------------------------------------------------------- the server
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @functools.cache
 def _serve_help() -> str:
     return subprocess.run([sys.executable, "-m", "bedrock_local.cli", "serve", "--help"], capture_output=True,
@@ -225,58 +219,27 @@ def _serve_has_serving_workers() -> bool:
     return _serve_has_option("--serving-workers")
 
 
-class Server:
-    def __init__(self, name: str, data_dir: Path, database_url: str | None, credentials: Path):
-        self.name = name
-        self.data_dir = data_dir
-        self.database_url = database_url
-        self.credentials = credentials
-        self.port = free_port()
-        self.log = data_dir.parent / f"{data_dir.name}-server.log"
-        self.process: subprocess.Popen | None = None
+class Server(testing.Server):
+    """An API-only `bedrock-local serve` (no worker, no serving node) with the benchmark's credentials."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    start_timeout = 120.0
 
-    def start(self) -> "Server":
-        command = [sys.executable, "-m", "bedrock_local.cli", "serve", "--workers", "0", "--port", str(self.port),
-                   "--data-dir", str(self.data_dir), "--credentials-file", str(self.credentials),
-                   "--log-level", "warning"]
-        if _serve_has_option("--quota"):
-            command += ["--quota", "all=unlimited"]  # 100 jobs queued through the API: past AWS's 2 scheduled ones
-        if self.database_url:
-            command += ["--database-url", self.database_url]
-        if _serve_has_serving_workers():
-            command += ["--serving-workers", "0"]  # API only: no serving node either
-        with open(self.log, "a") as handle:
-            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server {self.name} exited with {self.process.returncode}:\n"
-                                   f"{self.log.read_text()[-4000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"server {self.name} did not listen in 120 s:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+    def __init__(self, data_dir: Path, database_url: str | None, credentials: Path):
+        # --quota: 100 jobs queued through the API, past AWS's 2 scheduled ones
+        super().__init__(data_dir, workers=0, serving_workers=0 if _serve_has_serving_workers() else None,
+                         database_url=database_url, log_level="warning",
+                         quotas=["all=unlimited"] if _serve_has_option("--quota") else [],
+                         extra_args=["--credentials-file", credentials])
 
     def client(self, account: str = MEASURED[0], region: str = MEASURED[1]):
-        session = boto3.session.Session()  # one session per client: sessions are not thread-safe
-        return session.client("bedrock", endpoint_url=self.url, region_name=region,
-                              aws_access_key_id=access_key(account), aws_secret_access_key=secret_key(account),
-                              config=Config(retries={"max_attempts": 1}, max_pool_connections=4,
-                                            read_timeout=60, connect_timeout=10))
+        return bench_client(self.url, account, region, read_timeout=60)
+
+
+def bench_client(url: str, account: str = MEASURED[0], region: str = MEASURED[1], read_timeout: float = 120):
+    """A client of its own session (sessions are not thread-safe) signing as `account`."""
+    return testing.client("bedrock", url, region=region, access_key=access_key(account),
+                          secret_key=secret_key(account), session=boto3.session.Session(), max_pool_connections=4,
+                          read_timeout=read_timeout, connect_timeout=10)
 
 
 # ---------------------------------------------------------------- one store, ready to measure
@@ -402,16 +365,6 @@ def run_load(clients: list, make, requests: int, warmup: int, offset: int = 0) -
     if errors:
         raise errors[0]
     return [x for chunk in latencies for x in chunk], wall
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass
@@ -640,30 +593,15 @@ def seed_customization_jobs(database_url: str, count: int, seed_value: int) -> N
     db.dispose()
 
 
-def start_process(name: str, command: list[str], port: int, log: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start a server process in a session of its own and wait until it listens on `port`."""
-    with open(log, "a") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                   cwd=Path(__file__).resolve().parent.parent, env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return process
-        time.sleep(0.1)
-    stop_process(process)
-    raise RuntimeError(f"{name} did not listen in 120 s:\n{log.read_text()[-4000:]}")
-
-
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
+def start_process(name: str, command: list[str], port: int, log: Path) -> testing.Process:
+    """A server process in a session of its own, once it listens on `port`."""
+    process = testing.Process(command, log, cwd=Path(__file__).resolve().parent.parent, name=name)
+    try:
+        process.wait_for_port(port, 120)
+    except testing.StartTimeout:
+        process.stop()
+        raise
+    return process
 
 
 def _floor_response(body: bytes) -> bytes:
@@ -733,7 +671,7 @@ def serve_floor(kind: str, port: str, get_file: str, list_file: str) -> None:
 class Endpoint:
     name: str
     url: str
-    process: subprocess.Popen | None = None
+    process: testing.Process | None = None
     account: str = MEASURED[0]
     get_ids: list[str] = field(default_factory=list)        # what GetModelCustomizationJob cycles over
     list_tokens: list[str | None] = field(default_factory=list)  # the start of every page (None: the first)
@@ -741,11 +679,7 @@ class Endpoint:
     seeding: str = ""                                        # how they got there
 
     def client(self):
-        session = boto3.session.Session()
-        return session.client("bedrock", endpoint_url=self.url, region_name=MEASURED[1],
-                              aws_access_key_id=access_key(self.account), aws_secret_access_key=secret_key(self.account),
-                              config=Config(retries={"max_attempts": 1}, max_pool_connections=4,
-                                            read_timeout=120, connect_timeout=10))
+        return bench_client(self.url, self.account)
 
     def maker(self, operation: str):
         if operation == "GetModelCustomizationJob":
@@ -775,15 +709,6 @@ class CzCell:
 
     def per_request(self, seconds: float) -> float:
         return seconds / self.requests * 1000 if self.requests else float("nan")
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process so far, from /proc (0 where there is no /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def walk_jobs(endpoint: Endpoint) -> list[dict]:
@@ -843,7 +768,7 @@ def capture_bodies(endpoint: Endpoint, work: Path) -> tuple[Path, Path]:
 
 
 def start_floor(name: str, kind: str, bodies: tuple[Path, Path], work: Path, like: Endpoint) -> Endpoint:
-    port = free_port()
+    port = testing.free_port()
     code = "import sys; from benchmarks.control_plane import serve_floor; serve_floor(*sys.argv[1:])"
     command = [sys.executable, "-c", code, kind, str(port), str(bodies[0]), str(bodies[1])]
     process = start_process(name, command, port, work / f"floor-{kind}.log")
@@ -868,10 +793,10 @@ def measure_endpoints(endpoints: list[Endpoint], operation: str, clients: int, r
         count = requests // rounds + (1 if r < requests % rounds else 0)
         for index in orders[(r * 5) % len(orders)]:
             pid = endpoints[index].process.pid
-            server_before, client_before = process_cpu(pid), time.process_time()
+            server_before, client_before = cpu_seconds(pid), time.process_time()
             latencies, wall = run_load(pools[index], makers[index], count, 0, offset=r * requests)
             cells[index].client_cpu += time.process_time() - client_before
-            cells[index].server_cpu += process_cpu(pid) - server_before
+            cells[index].server_cpu += cpu_seconds(pid) - server_before
             cells[index].latencies += latencies
             cells[index].seconds += wall
     return cells
@@ -962,7 +887,7 @@ def run_customization(args, work: Path, credentials: Path, started: float):
         t0 = time.perf_counter()
         seed_customization_jobs(settings.resolved_database_url, seeded, args.seed)
         seed_seconds = time.perf_counter() - t0
-        server = Server("customization", data_dir, url, credentials).start()
+        server = Server(data_dir, url, credentials).start()
         stack.callback(server.stop)
         ours = Endpoint(OURS, server.url, server.process)
         say(f"customization: bedrock-local on {server.url}; {args.cz_api_jobs} CreateModelCustomizationJob through boto3")
@@ -981,10 +906,10 @@ def run_customization(args, work: Path, credentials: Path, started: float):
         endpoints = [ours]
 
         if args.cz_moto_jobs:
-            port = free_port()
+            port = testing.free_port()
             process = start_process("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                     port, work / "moto.log")
-            stack.callback(stop_process, process)
+            stack.callback(process.stop)
             moto = Endpoint(MOTO, f"http://127.0.0.1:{port}", process)
             say(f"customization: moto on {moto.url}; seeding up to {args.cz_moto_jobs:,} jobs through boto3 "
                 f"(budget {args.cz_moto_budget:.0f} s)")
@@ -997,7 +922,7 @@ def run_customization(args, work: Path, credentials: Path, started: float):
         floors = [start_floor(name, kind, bodies, work, ours)
                   for name, kind in ((FLOOR, "asyncio"), (FLOOR_UVICORN, "uvicorn"))]
         for floor in floors:
-            stack.callback(stop_process, floor.process)
+            stack.callback(floor.process.stop)
         endpoints = floors + endpoints
 
         say("customization: measuring " + ", ".join(e.name for e in endpoints))
@@ -1148,7 +1073,7 @@ def run_benchmark(args, work: Path, credentials: Path, names: list[str], plans: 
             console.print(f"[{time.perf_counter() - started:5.1f}s] {name}: seeding {plan.total - plan.api_models - 2 * plan.api_jobs:,} "
                           f"resources through the store layer")
             source_arn = seed(db_url, settings, plan, args.seed)
-            server = Server(name, data_dir, url, credentials).start()
+            server = Server(data_dir, url, credentials).start()
             stack.callback(server.stop)
             target = Target(name, server, plan)
             console.print(f"[{time.perf_counter() - started:5.1f}s] {name}: server on {server.url}; creating "

@@ -28,15 +28,11 @@ The exit status is 1 on any error or mismatch.
 
 import argparse
 import collections
-import contextlib
 import os
 import platform
 import random
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +41,9 @@ import uuid
 from pathlib import Path
 
 import boto3
-from botocore.config import Config
+
+from bedrock_local import testing
+from benchmarks.common import cpu_seconds, percentile
 
 MODEL = "bedrock-local.test-text-v1:0"
 ROLE = "arn:aws:iam::123456789012:role/load"
@@ -56,72 +54,28 @@ MIX = [("CreateModelInvocationJob", 10), ("GetModelInvocationJob", 25), ("ListMo
 OPERATIONS = [name for name, _ in MIX]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(testing.Server):
+    """`bedrock-local serve` with one worker and no serving process; record quotas raised for the
+    background job (see the module docstring)."""
 
+    start_timeout = 120.0
 
-class Server:
     def __init__(self, data_dir: Path, database_url: str | None):
-        self.data_dir = data_dir
-        self.database_url = database_url
-        self.port = free_port()
-        self.log = data_dir.parent / "server.log"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Server":
-        command = [sys.executable, "-m", "bedrock_local.cli", "serve", "--port", str(self.port), "--data-dir",
-                   str(self.data_dir), "--workers", "1", "--serving-workers", "0", "--log-level", "warning",
-                   "--quota", "batch-jobs-per-base-model=unlimited", "--quota", "batch-records-per-job=unlimited",
-                   "--quota", "batch-records-per-file=unlimited"]
-        if self.database_url:
-            command += ["--database-url", self.database_url]
-        with open(self.log, "a") as handle:
-            self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"the server did not listen in 120 s:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        super().__init__(data_dir, workers=1, serving_workers=0, database_url=database_url, log_level="warning",
+                         log=data_dir.parent / "server.log",
+                         quotas=["batch-jobs-per-base-model=unlimited", "batch-records-per-job=unlimited",
+                                 "batch-records-per-file=unlimited"])
 
     def client(self):
         session = boto3.session.Session()  # one per client: sessions are not thread-safe
-        return session.client("bedrock", endpoint_url=self.url, region_name="us-east-1",
-                              aws_access_key_id="AKIDLOAD", aws_secret_access_key="secret",
-                              config=Config(retries={"max_attempts": 1}, max_pool_connections=2,
-                                            read_timeout=120, connect_timeout=20))
+        return super().client(access_key="AKIDLOAD", session=session, max_pool_connections=2, read_timeout=120,
+                              connect_timeout=20)
 
     def put(self, bucket: str, key: str, text: str) -> str:
         path = self.data_dir / "s3" / bucket / key
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return f"s3://{bucket}/{key}"
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads), from /proc."""
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
 
 
 def process_cpu(server: Server) -> dict[str, float]:
@@ -288,24 +242,14 @@ def run_phase(server: Server, phase: Phase, seconds: float, tiny_uri: str, seed:
     phase.cpu = {name: spent - cpu_before[name] for name, spent in process_cpu(server).items()}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    position = (len(ordered) - 1) * q
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 def table(phases: list[Phase]) -> list[str]:
-    lines = [f"| phase | operation | count | req/s | p50 ms | p99 ms | errors |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| phase | operation | count | req/s | p50 ms | p99 ms | errors |", "|---|---|---:|---:|---:|---:|---:|"]
     for phase in phases:
         everything = [x for op in OPERATIONS for x in phase.latencies[op]]
         for op in OPERATIONS + ["total"]:
             values = everything if op == "total" else phase.latencies[op]
             errors = sum(phase.errors.values()) if op == "total" else phase.errors[op]
-            label = f"**total**" if op == "total" else op
+            label = "**total**" if op == "total" else op
             lines.append(f"| {phase.clients} client{'s' if phase.clients > 1 else ''} | {label} | {len(values)} | "
                          f"{len(values) / phase.seconds:.1f} | {percentile(values, 0.5) * 1000:.1f} | "
                          f"{percentile(values, 0.99) * 1000:.1f} | {errors} |")

@@ -188,10 +188,9 @@ def in_process(args, work: Path) -> tuple[list[tuple[str, float, float]], bytes]
 
 def network(args, work: Path, body: bytes) -> list[tuple[str, float, float, float, float]]:
     """(variant, req/s, wall ms, client CPU ms, server CPU ms) per request, for the burn variants."""
-    import boto3
-    from botocore.config import Config
-
+    from bedrock_local import testing
     from benchmarks import control_plane as cp
+    from benchmarks.common import cpu_seconds
 
     body_file = work / "get.json"
     body_file.write_bytes(body)
@@ -200,28 +199,27 @@ def network(args, work: Path, body: bytes) -> list[tuple[str, float, float, floa
     servers = []
     try:
         for label, mode, burn in variants:
-            port = cp.free_port()
+            port = testing.free_port()
             process = cp.start_process(label, [sys.executable, "-c", SERVER_CODE, mode, str(port), str(burn),
                                                str(body_file)], port, work / "server.log")
-            client = boto3.client("bedrock", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                                  aws_access_key_id="AKIDBENCHMARK", aws_secret_access_key="benchmark",
-                                  config=Config(retries={"max_attempts": 0}))
+            client = testing.client("bedrock", f"http://127.0.0.1:{port}", access_key="AKIDBENCHMARK",
+                                    secret_key="benchmark", retries={"max_attempts": 0})
             servers.append((label, process, client, [0, 0.0, 0.0, 0.0]))
         arn = json.loads(body)["jobArn"]
         for _ in range(args.rounds):
             for label, process, client, total in servers:
                 for _ in range(20):
                     client.get_model_customization_job(jobIdentifier=arn)
-                server_cpu, wall, own = cp.process_cpu(process.pid), time.perf_counter(), time.process_time()
+                server_cpu, wall, own = cpu_seconds(process.pid), time.perf_counter(), time.process_time()
                 for _ in range(args.requests):
                     client.get_model_customization_job(jobIdentifier=arn)
                 total[0] += args.requests
                 total[1] += time.perf_counter() - wall
                 total[2] += time.process_time() - own
-                total[3] += cp.process_cpu(process.pid) - server_cpu
+                total[3] += cpu_seconds(process.pid) - server_cpu
     finally:
         for _, process, _, _ in servers:
-            cp.stop_process(process)
+            process.stop()
     return [(label, n / wall, 1e3 * wall / n, 1e3 * own / n, 1e3 * server / n)
             for label, _, _, (n, wall, own, server) in servers]
 

@@ -34,8 +34,6 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +41,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from bedrock_local import testing
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -69,80 +69,48 @@ class Row:
         return self.records / self.seconds
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """An API-only node and N worker processes on one data dir (and database)."""
 
-    def __init__(self, root: Path, workers: int, args: argparse.Namespace, database_url: str | None):
+    def __init__(self, root: Path, workers: int, args: argparse.Namespace, database_url: str | None,
+                 ray_address: str | None = None):
         self.root, self.count, self.args, self.database_url = root, workers, args, database_url
         self.data_dir = root / "data"
-        self.port = free_port()
-        self.processes: list[subprocess.Popen] = []
+        self.ray_address = ray_address
+        self.api: testing.Server | None = None
+        self.workers: list[testing.Worker] = []
 
-    def common(self) -> list[str]:
-        flags = ["--data-dir", str(self.data_dir), "--cache-dir", str(self.args.cache_dir),
-                 "--lease-seconds", str(self.args.lease_seconds), "--batch-shard-records", str(self.args.shard_records),
-                 "--batch-max-records", "10000000", "--batch-max-records-per-file", "10000000",
-                 "--quota", "all=unlimited"]
-        return flags + (["--database-url", self.database_url] if self.database_url else [])
+    def options(self) -> dict:
+        """What the API node and the workers share."""
+        extra = ["--batch-shard-records", str(self.args.shard_records), "--batch-max-records", "10000000",
+                 "--batch-max-records-per-file", "10000000"]
+        extra += ["--ray-address", self.ray_address] if self.ray_address else []
+        return dict(cache_dir=self.args.cache_dir, lease_seconds=self.args.lease_seconds,
+                    database_url=self.database_url, quotas=["all=unlimited"], extra_args=extra)
 
     def start(self) -> "Cluster":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         # each worker gets an equal share of the cores, as `serve --workers N` gives its own
         threads = str(max(1, (os.cpu_count() or 1) // self.count))
-        api = [sys.executable, "-m", "bedrock_local.cli", "serve", "--port", str(self.port), "--workers", "0",
-               "--serving-workers", "0", *self.common()]
-        self.processes.append(subprocess.Popen(api, stdout=open(self.root / "api.log", "ab"),
-                                               stderr=subprocess.STDOUT, env=env, start_new_session=True))
-        self._wait_for_port()
-        for index in range(self.count):
-            command = [sys.executable, "-m", "bedrock_local.cli", "worker", *self.common()]
-            self.processes.append(subprocess.Popen(
-                command, stdout=open(self.root / f"worker-{index}.log", "ab"), stderr=subprocess.STDOUT,
-                env={**env, "OMP_NUM_THREADS": threads}, start_new_session=True))
+        self.api = testing.Server(self.data_dir, workers=0, serving_workers=0, log=self.root / "api.log",
+                                  **self.options())
+        self.api.start()
+        self.workers = [testing.Worker(self.data_dir, log=self.root / f"worker-{index}.log",
+                                       env={"OMP_NUM_THREADS": threads}, **self.options())
+                        for index in range(self.count)]
+        for worker in self.workers:
+            worker.start()
         return self
 
-    def _wait_for_port(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.processes[0].poll() is not None:
-                raise RuntimeError(f"the API node exited:\n{(self.root / 'api.log').read_text()[-4000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("the API node did not listen")
-
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        for node in [*reversed(self.workers), self.api]:
+            if node is not None:
+                node.stop()
 
     def client(self):
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client("bedrock", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
-                            aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
-                            config=Config(retries={"max_attempts": 1}))
+        return self.api.client()
 
     def bucket(self, name: str) -> Path:
-        path = self.data_dir / "s3" / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.api.folder(name)
 
 
 def make_records(count: int, smollm2: bool, new_tokens: int, tag: str) -> list[dict]:
@@ -228,18 +196,11 @@ def ray_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> 
     rows = []
     for actors in (1, 2):
         temp = Path(tempfile.mkdtemp(prefix="brl-ray-", dir="/tmp"))  # Ray's socket paths must stay short
-        port = free_port()
-        command = ["ray", "start", "--head", "--port", str(port), "--num-cpus", str(actors), "--temp-dir", str(temp),
-                   "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", "--block"]
-        for flag in ("--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-                     "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"):
-            command += [flag, str(free_port())]
-        head = subprocess.Popen(command, stdout=open(work / f"ray-{actors}.log", "ab"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        port = testing.free_port()
+        head = testing.start_ray_node("--head", "--port", str(port), "--temp-dir", str(temp),
+                                      "--include-dashboard=false", log=work / f"ray-{actors}.log", num_cpus=actors)
         schema, url = make_schema(database_url) if database_url else (None, None)
-        cluster = Cluster(work / f"ray-{actors}", 1, args, url)
-        common = cluster.common
-        cluster.common = lambda: common() + ["--ray-address", f"127.0.0.1:{port}"]
+        cluster = Cluster(work / f"ray-{actors}", 1, args, url, ray_address=f"127.0.0.1:{port}")
         try:
             deadline = time.monotonic() + 120
             while subprocess.run(["ray", "status", "--address", f"127.0.0.1:{port}"], capture_output=True).returncode:
@@ -255,13 +216,7 @@ def ray_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> 
             print(f"  Ray, {actors} actor(s): {args.records} records in {seconds:.2f} s", flush=True)
         finally:
             cluster.stop()
-            for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:  # every process of the Ray node
-                try:
-                    if os.getsid(pid) == head.pid:
-                        os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            head.wait(30)
+            head.kill_session()  # every process of the Ray node
             shutil.rmtree(temp, ignore_errors=True)
             if schema:
                 drop_schema(database_url, schema)

@@ -55,26 +55,33 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bedrock_local import testing
+from benchmarks.common import (
+    BENCH_ACCESS_KEY,
+    BENCH_SECRET_KEY,
+    CLK_TCK,
+    cpu_seconds,
+    loadavg,
+    materialized_folder,
+    work_dir,
+)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = REPO / ".test-cache"  # the tests' shared cache: the GGUF is converted there once
-MODEL_ID = "huggingface.smollm2-135m-instruct-v1:0"
 ACCOUNT, REGION = "123456789012", "us-east-1"  # the server's open mode: every key is this account
 MODEL_BUCKET = "bench-models"
 GOAL = 6.0  # output tok/s at the largest concurrency over the 1-client cell, on CPU
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TOPICS = [
     "the moon", "coffee", "a rainy day", "bicycles", "the ocean", "autumn leaves", "a small cat", "volcanoes",
@@ -96,19 +103,6 @@ def make_prompts() -> list[str]:
     return [template.format(topic) for topic in TOPICS for template in TEMPLATES]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.1f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
-
-
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); nan when empty."""
     if not values:
@@ -120,14 +114,6 @@ def percentile(values: list[float], q: float) -> float:
 
 # --------------------------------------------------------------------------------------------
 # Processes
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU seconds of a process (all its threads)."""
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return 0.0
 
 
 def thread_ticks(pid: int) -> dict[int, int]:
@@ -171,37 +157,15 @@ def vm_hwm(pid: int) -> int:
     return 0
 
 
-class Server:
+class Server(testing.Server):
     """`bedrock-local serve --workers W --serving-workers S` in a session of its own."""
+
+    start_timeout = 120.0
 
     def __init__(self, data_dir: Path, cache_dir: Path, log: Path, env: dict, workers: int = 0,
                  serving_workers: int = 1):
-        self.data_dir, self.cache_dir, self.log, self.env = data_dir, cache_dir, log, env
-        self.workers, self.serving_workers = workers, serving_workers
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Server":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "bedrock_local.cli", "serve", "--port", str(self.port),
-                   "--data-dir", str(self.data_dir), "--workers", str(self.workers),
-                   "--serving-workers", str(self.serving_workers),
-                   "--cache-dir", str(self.cache_dir), "--log-level", "warning"]
-        self.process = subprocess.Popen(command, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                        env=self.env, start_new_session=True, cwd=REPO)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log.read_text()[-4000:]}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
-            time.sleep(0.2)
-        raise RuntimeError(f"the server did not listen on {self.port}:\n{self.log.read_text()[-4000:]}")
+        super().__init__(data_dir, workers=workers, serving_workers=serving_workers, cache_dir=cache_dir,
+                         log_level="warning", log=log, env=env, cwd=REPO)
 
     def serving_pid(self) -> int:
         """The serving process: the API process's multiprocessing (spawn) child."""
@@ -211,50 +175,9 @@ class Server:
             raise RuntimeError(f"expected one serving process under {self.process.pid}, found {found}")
         return found[0]
 
-    def stop(self) -> None:
-        if not self.process:
-            return
-        group = self.process.pid
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(30)
-        deadline = time.monotonic() + 5
-        with contextlib.suppress(ProcessLookupError):
-            while time.monotonic() < deadline:
-                os.killpg(group, 0)
-                time.sleep(0.2)
-            os.killpg(group, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(10)
-
     def client(self, service: str = "bedrock", session=None):
-        import boto3
-        from botocore.config import Config
-
-        make = (session or boto3).client
-        return make(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id="AKIDBENCH",
-                    aws_secret_access_key="bench",
-                    config=Config(retries={"max_attempts": 1}, read_timeout=900, connect_timeout=10,
-                                  max_pool_connections=2))
-
-
-def materialized_folder(cache_dir: Path) -> tuple[Path, float]:
-    """The packaged SmolLM2 as a plain HF folder in `<cache-dir>/foundation-models` (the server's
-    cache and lock), and the seconds spent converting (0 when it was there)."""
-    import fcntl
-
-    from bedrock_local.engine.catalog import find_foundation_model
-    from bedrock_local.engine.loading import materialize_foundation_model
-
-    cache = cache_dir / "foundation-models"
-    cache.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    with open(cache / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        folder = materialize_foundation_model(find_foundation_model(MODEL_ID), cache)
-    return folder, time.perf_counter() - started
+        return super().client(service=service, access_key=BENCH_ACCESS_KEY, secret_key=BENCH_SECRET_KEY,
+                              session=session, read_timeout=900, connect_timeout=10, max_pool_connections=2)
 
 
 def wait_for(what: str, read, field: str, timeout: float = 600) -> tuple[dict, float]:
@@ -698,14 +621,13 @@ def main(argv: list[str] | None = None) -> int:
     if convert_s > 1:
         notes.append(f"converted the packaged GGUF to an HF folder in {convert_s:.1f} s (once, into --cache-dir; "
                      f"not timed)")
-    work = Path(tempfile.mkdtemp(prefix="bedrock-local-bench-serving-"))
-    data_dir = args.data_dir or work / "data"
     load_at_start = loadavg()
     reference = None
     cells: list[Cell] = []
     profile: dict[str, dict] = {}
     model_arn = None
-    try:
+    with work_dir("bedrock-local-bench-serving-", args.keep, console.print) as work:
+        data_dir = args.data_dir or work / "data"
         if args.reference_duration > 0:
             say(f"reference: model.generate one request at a time, {args.reference_duration:.0f} s, child process ...")
             reference = run_reference(model_dir, prompts, args.max_tokens, args.reference_duration, work, env)
@@ -908,11 +830,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"{loadavg()}; {versions()}; serving process: {threads_note}, VmHWM {serving_hwm / 2**20:,.0f} "
                       f"MiB; API process VmHWM {api_hwm / 2**20:,.0f} MiB; the clients are threads of this process, "
                       f"on the same cores; whole run {time.perf_counter() - run_started:.0f} s")
-    finally:
-        if args.keep:
-            console.print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

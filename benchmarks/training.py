@@ -42,9 +42,9 @@ background store time and size, come from the worker's log lines in the server l
 
 Threads: `--threads 1` by default on both sides (OMP_NUM_THREADS for (a) and the server; the server
 gives each worker cores // workers threads, so it runs cores // threads workers, 2 on 2 cores, and
-the output prints how many threads of the job's worker computed). On this 2-core machine shared
-with other sessions, 2 OpenMP threads collapse: (a) took 12.6 s a step with 2 threads against
-2.4 s with 1, back to back. `--threads 0` leaves torch's default (one per core) and 1 worker.
+the output prints how many threads of the job's worker computed). On a 2-core machine shared with
+other work, 2 OpenMP threads collapse (benchmarks/README.md has the figures). `--threads 0` leaves
+torch's default (one per core) and 1 worker.
 
 Rounds: `--rounds` (2) runs the sides in the order (a) (b), (b) (a), ... on the same server, so a
 drift of the machine's load falls on both; the table shows medians, each round's ratio is printed.
@@ -73,7 +73,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -82,15 +81,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.batch_inference import (
-    DEFAULT_CACHE,
-    MODEL_ID,
-    ROLE_ARN,
-    Server,
-    loadavg,
-    materialized_folder,
-    mib,
-)
+from benchmarks.batch_inference import DEFAULT_CACHE, MODEL_ID, ROLE_ARN, Server, mib
+from benchmarks.common import loadavg, materialized_folder, work_dir
 
 TRAIN_BUCKET, OUTPUT_BUCKET = "bench-training", "bench-training-output"
 GOAL = 0.9
@@ -277,10 +269,10 @@ def _when(value) -> float:
 
 
 def run_job(server: Server, bedrock, records: list[dict], hyper: dict[str, str], name: str, poll: float) -> dict:
-    folder = server.bucket(TRAIN_BUCKET) / name
+    folder = server.folder(TRAIN_BUCKET) / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    server.bucket(OUTPUT_BUCKET)
+    server.folder(OUTPUT_BUCKET)
     before = {p["pid"]: p["cpu_ticks"] for p in server.memory()["workers"]}
     log_offset = server.log.stat().st_size if server.log.exists() else 0
 
@@ -414,9 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         workers = max(1, cores // args.threads)
     threads = f"{args.threads} torch thread(s)" if args.threads else "torch's default threads"
 
-    work = Path(tempfile.mkdtemp(prefix="bedrock-local-bench-training-"))
     baselines, jobs, loads = [], [], []
-    try:
+    with work_dir("bedrock-local-bench-training-", args.keep, console.print) as work:
         server = Server(work / "data", args.cache_dir, workers).start()
         try:
             bedrock = server.client()
@@ -537,11 +528,6 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"environment: {platform.platform()}, python {platform.python_version()}, {os.cpu_count()} CPUs; "
                       f"load average after each side: {'; '.join(loads)}; whole run "
                       f"{time.perf_counter() - run_started:.0f} s")
-    finally:
-        if args.keep:
-            console.print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

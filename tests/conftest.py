@@ -1,119 +1,49 @@
 """Shared fixtures: real bedrock-local servers in subprocesses on free ports, boto3 clients for
-them, PostgreSQL schemas of their own, a moto S3 server, and a tiny real HF model folder."""
+them, PostgreSQL schemas of their own, a moto S3 server, and a tiny real HF model folder. Starting
+and stopping processes is bedrock_local/testing's; this module adds the tests' defaults and fixtures."""
 
 import contextlib
+import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
-from botocore.config import Config
+
+from bedrock_local import testing
+from bedrock_local.testing import free_port, s3_client  # noqa: F401  (the test modules import them from here)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 POSTGRES_BASE = os.environ.get("BEDROCK_LOCAL_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-DEFAULT_KEY = "AKIDEXAMPLE"
+DEFAULT_KEY = testing.ACCESS_KEY
 # one model cache for every server of the run, so the packaged GGUF is converted once, not per server
 SHARED_CACHE = Path(os.environ.get("BEDROCK_LOCAL_TEST_CACHE", Path(__file__).parent.parent / ".test-cache"))
+# the moto S3 server's credentials, for servers and workers that use it
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def with_test_defaults(options: dict) -> dict:
+    """A test process's options: the run's shared model cache, no service quota unless a test sets one
+    (tests/test_quotas.py checks them; serve has AWS's defaults), the moto server's credentials."""
+    return {"cache_dir": SHARED_CACHE, "quotas": ["all=unlimited"], **options,
+            "env": {**MOTO_CREDENTIALS, **(options.get("env") or {})}}
 
 
-def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not listen on {port} in {timeout}s:\n{log.read_text()[-4000:]}")
+class Server(testing.Server):
+    """One `bedrock-local serve` process with the tests' defaults. Restart it on the same data dir with
+    `restart()` (after changing `workers` or `extra_args` if the test wants)."""
+
+    def __init__(self, data_dir: Path, *, workers: int = 1, lease_seconds: float = 3.0, **options):
+        super().__init__(data_dir, workers=workers, lease_seconds=lease_seconds, **with_test_defaults(options))
 
 
-class Server:
-    """One `bedrock-local serve` process. Restart it on the same data dir with `restart()`."""
+class Worker(testing.Worker):
+    """One `bedrock-local worker` process (no API) with the tests' defaults."""
 
-    def __init__(self, data_dir: Path, *, workers: int = 1, database_url: str | None = None,
-                 s3_endpoint_url: str | None = None, lease_seconds: float = 3.0, extra_args: tuple = (),
-                 env: dict | None = None):
-        self.data_dir = Path(data_dir)
-        self.workers = workers
-        self.database_url = database_url
-        self.s3_endpoint_url = s3_endpoint_url
-        self.lease_seconds = lease_seconds
-        self.extra_args = list(extra_args)
-        self.env = env or {}
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        self.log = self.data_dir.parent / f"{self.data_dir.name}-server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        args = [sys.executable, "-m", "bedrock_local.cli", "serve", "--port", str(self.port),
-                "--data-dir", str(self.data_dir), "--workers", str(self.workers),
-                "--lease-seconds", str(self.lease_seconds), "--cache-dir", str(SHARED_CACHE)]
-        if self.database_url:
-            args += ["--database-url", self.database_url]
-        if self.s3_endpoint_url:
-            args += ["--s3-endpoint-url", self.s3_endpoint_url]
-        # no service quota unless a test sets one: tests/test_quotas.py checks them (AWS's defaults in serve)
-        return args + ["--quota", "all=unlimited"] + self.extra_args
-
-    def start(self) -> "Server":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", **self.env}
-        handle = open(self.log, "a")
-        self.process = subprocess.Popen(self.command(), stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
-        wait_for_port(self.port, self.process, self.log)
-        return self
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-
-    def kill(self) -> None:
-        """kill -9 of the server and every worker it started."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def restart(self) -> "Server":
-        self.stop()
-        return self.start()
-
-    def client(self, region: str = "us-east-1", access_key: str = DEFAULT_KEY, service: str = "bedrock",
-               validate: bool = True):
-        return boto3.client(service, endpoint_url=self.url, region_name=region,
-                            aws_access_key_id=access_key, aws_secret_access_key="secret",
-                            config=Config(parameter_validation=validate, retries={"max_attempts": 1}))
-
-    def folder(self, bucket: str) -> Path:
-        """The embedded folder store's folder of a bucket (users may copy files in there)."""
-        path = self.data_dir / "s3" / bucket
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def __init__(self, data_dir: Path, *, lease_seconds: float = 3.0, **options):
+        super().__init__(data_dir, lease_seconds=lease_seconds, **with_test_defaults(options))
 
 
 @pytest.fixture
@@ -190,11 +120,6 @@ def moto_s3():
     moto.stop()
 
 
-def s3_client(endpoint: str):
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random-weight Llama model saved as a real HF folder (config, safetensors, tokenizer)."""
@@ -212,6 +137,24 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def batch_job_of_prompts(server: Server, name: str, prompts: list[str], buckets: tuple[str, str],
+                         max_gen_len: int) -> str:
+    """A batch job on the test model over these prompts (one record each, written under a fresh prefix of
+    the input bucket in the server's folder store; outputs under s3://<output bucket>/out/); answers its ARN."""
+    input_bucket, output_bucket = buckets
+    prefix = f"in-{uuid.uuid4().hex[:8]}"
+    folder = server.folder(input_bucket) / prefix
+    folder.mkdir(parents=True)
+    server.folder(output_bucket)
+    (folder / "records.jsonl").write_text("".join(
+        json.dumps({"recordId": f"r{n}", "modelInput": {"prompt": prompt, "max_gen_len": max_gen_len}}) + "\n"
+        for n, prompt in enumerate(prompts)))
+    return server.client().create_model_invocation_job(
+        jobName=name, roleArn="arn:aws:iam::123456789012:role/batch", modelId="bedrock-local.test-text-v1:0",
+        inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{input_bucket}/{prefix}/"}},
+        outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{output_bucket}/out/"}})["jobArn"]
 
 
 def upload_folder(server: Server, bucket: str, prefix: str, folder: Path) -> str:

@@ -12,7 +12,7 @@ import sys
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Server, wait_until
+from conftest import wait_until
 from test_batch_inference import ROLE, put_input, read_out, job_folder, wait_final
 
 HAIKU = "anthropic.claude-3-haiku-20240307-v1:0"

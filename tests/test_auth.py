@@ -46,9 +46,7 @@ def server(tmp_path_factory):
 
 
 def client(server, service="bedrock", key=KEY, secret=SECRET, token=None, region="us-east-1"):
-    return boto3.client(service, endpoint_url=server.url, region_name=region, aws_access_key_id=key,
-                        aws_secret_access_key=secret, aws_session_token=token,
-                        config=Config(retries={"max_attempts": 1}, read_timeout=30))
+    return server.client(region, key, service, secret_key=secret, session_token=token, read_timeout=30)
 
 
 def at(moment: datetime.datetime):

@@ -8,11 +8,10 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 
 import pytest
 
-from conftest import SHARED_CACHE, Server, free_port, wait_until
+from conftest import SHARED_CACHE, Server, batch_job_of_prompts, free_port, wait_until
 
 TEST_MODEL = "bedrock-local.test-text-v1:0"
 INPUT_BUCKET = "cli-input"
@@ -30,17 +29,7 @@ def cli(server: Server, *args: str, timeout: float = 120) -> subprocess.Complete
 
 def batch_job(server: Server, name: str, prompts: list[str]) -> str:
     """A batch job on the test model over these prompts (one record each); answers its ARN."""
-    prefix = f"in-{uuid.uuid4().hex[:8]}"
-    folder = server.folder(INPUT_BUCKET) / prefix
-    folder.mkdir(parents=True)
-    server.folder(OUTPUT_BUCKET)
-    (folder / "records.jsonl").write_text("".join(
-        json.dumps({"recordId": f"r{n}", "modelInput": {"prompt": prompt, "max_gen_len": 8}}) + "\n"
-        for n, prompt in enumerate(prompts)))
-    return server.client().create_model_invocation_job(
-        jobName=name, roleArn="arn:aws:iam::123456789012:role/batch", modelId=TEST_MODEL,
-        inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{INPUT_BUCKET}/{prefix}/"}},
-        outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{OUTPUT_BUCKET}/out/"}})["jobArn"]
+    return batch_job_of_prompts(server, name, prompts, (INPUT_BUCKET, OUTPUT_BUCKET), max_gen_len=8)
 
 
 def status_of(server: Server, arn: str) -> str:

@@ -12,10 +12,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
 from conftest import Server, wait_until
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -334,8 +332,7 @@ KEYS = {"AKIACONSOLEA": {"secretAccessKey": "secret-a", "accountId": "1111111111
 
 
 def signed_client(server: Server, key: str, region: str = REGION):
-    return boto3.client("bedrock", endpoint_url=server.url, region_name=region, aws_access_key_id=key,
-                        aws_secret_access_key=KEYS[key]["secretAccessKey"], config=Config(retries={"max_attempts": 1}))
+    return server.client(region, key, secret_key=KEYS[key]["secretAccessKey"])
 
 
 def create_batch_job(client, account: str) -> str:

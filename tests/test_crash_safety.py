@@ -45,7 +45,7 @@ TEST_MODEL = "bedrock-local.test-text-v1:0"
 SMOLLM2 = "huggingface.smollm2-135m-instruct-v1:0"
 IN, OUT, SRC, FT_DATA, FT_OUT = "crash-in", "crash-out", "crash-src", "crash-ft-data", "crash-ft-out"
 MODEL_BUCKET = "bedrock-local-models"
-MAX_ATTEMPTS = 3  # processes/worker.py: interruptions in a row without a new checkpoint before Failed
+MAX_ATTEMPTS = 3  # jobs/protocol.py: interruptions in a row without a new checkpoint before Failed
 FINAL = {
     "model-invocation-job": {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"},
     "model-copy-job": {"Completed", "Failed"},

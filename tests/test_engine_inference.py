@@ -15,12 +15,13 @@ from bedrock_local.engine.formats import (  # noqa: E402
     EmbeddingRequest,
     EmbeddingResult,
     FormatError,
+    InvokeRequest,
     TextRequest,
     TextResult,
     parse_converse_body,
-    parse_invoke_body,
+    parse_invoke,
     render_converse_response,
-    render_invoke_response,
+    render_invoke,
 )
 from bedrock_local.engine.generation import TextGenerator  # noqa: E402
 from bedrock_local.engine.model_cache import ModelCache, model_bytes  # noqa: E402
@@ -42,6 +43,15 @@ def chat(text, max_tokens=12, temperature=0.0, top_p=1.0, stops=(), system=None)
                        max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop_sequences=list(stops))
 
 
+def llama_body(body, where="modelInput") -> TextRequest:
+    return parse_invoke("meta-llama", body, where).text
+
+
+def titan_body(body, where="modelInput") -> EmbeddingRequest:
+    """The packaged embedding models' own body (Titan's inputText and normalize)."""
+    return parse_invoke("titan-embed", body, where).embeddings[0]
+
+
 def format_error(call, *args, **kwargs) -> str:
     with pytest.raises(FormatError) as info:
         call(*args, **kwargs)
@@ -53,48 +63,48 @@ def format_error(call, *args, **kwargs) -> str:
 
 
 def test_llama_body_defaults_and_values():
-    request = parse_invoke_body("text", {"prompt": "Hi"})
+    request = llama_body({"prompt": "Hi"})
     assert (request.prompt, request.messages, request.system) == ("Hi", None, None)
     assert (request.max_tokens, request.temperature, request.top_p, request.stop_sequences) == (512, 0.5, 0.9, [])
-    request = parse_invoke_body("text", {"prompt": "Hi", "max_gen_len": 2048, "temperature": 0, "top_p": 1})
+    request = llama_body({"prompt": "Hi", "max_gen_len": 2048, "temperature": 0, "top_p": 1})
     assert (request.max_tokens, request.temperature, request.top_p) == (2048, 0.0, 1.0)
 
 
 def test_llama_body_missing_prompt():
-    assert format_error(parse_invoke_body, "text", {"max_gen_len": 5}) == "modelInput.prompt is required"
+    assert format_error(llama_body, {"max_gen_len": 5}) == "modelInput.prompt is required"
 
 
 @pytest.mark.parametrize("value", [0, 2049, "abc", 5.5, True, None])
 def test_llama_body_max_gen_len_checked(value):
-    message = format_error(parse_invoke_body, "text", {"prompt": "x", "max_gen_len": value})
+    message = format_error(llama_body, {"prompt": "x", "max_gen_len": value})
     assert message == f"modelInput.max_gen_len must be an integer between 1 and 2048, got {value!r}"
 
 
 @pytest.mark.parametrize("field,value", [("temperature", 1.5), ("temperature", "hot"), ("top_p", -0.1),
                                          ("top_p", False), ("temperature", float("nan"))])
 def test_llama_body_numbers_checked(field, value):
-    message = format_error(parse_invoke_body, "text", {"prompt": "x", field: value})
+    message = format_error(llama_body, {"prompt": "x", field: value})
     assert message.startswith(f"modelInput.{field} must be a number between 0 and 1, got")
 
 
 @pytest.mark.parametrize("prompt,expected", [(123, "must be a string, got a number"), ("", "must not be empty"),
                                              (["a"], "must be a string, got a list")])
 def test_llama_body_prompt_type(prompt, expected):
-    assert format_error(parse_invoke_body, "text", {"prompt": prompt}) == f"modelInput.prompt {expected}"
+    assert format_error(llama_body, {"prompt": prompt}) == f"modelInput.prompt {expected}"
 
 
 def test_llama_body_unknown_keys_named():
-    message = format_error(parse_invoke_body, "text", {"prompt": "x", "max_tokens": 5, "images": []})
+    message = format_error(llama_body, {"prompt": "x", "max_tokens": 5, "images": []})
     assert "'max_tokens'" in message and "'images'" in message and message.startswith("modelInput ")
     assert "allowed: prompt, max_gen_len, temperature, top_p" in message
 
 
 def test_body_must_be_object_and_prefix_configurable():
-    assert format_error(parse_invoke_body, "text", ["x"]) == "modelInput must be a JSON object, got a list"
-    assert format_error(parse_invoke_body, "text", {}, where="body") == "body.prompt is required"
+    assert format_error(llama_body, ["x"]) == "modelInput must be a JSON object, got a list"
+    assert format_error(llama_body, {}, where="body") == "body.prompt is required"
     assert format_error(parse_converse_body, {"messages": []}, where="request").startswith("request.messages")
     with pytest.raises(ValueError):
-        parse_invoke_body("image", {"prompt": "x"})
+        parse_invoke("image", {"prompt": "x"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,14 +112,14 @@ def test_body_must_be_object_and_prefix_configurable():
 
 
 def test_titan_body():
-    request = parse_invoke_body("embedding", {"inputText": "hello"})
+    request = titan_body({"inputText": "hello"})
     assert isinstance(request, EmbeddingRequest) and (request.text, request.normalize) == ("hello", True)
-    assert parse_invoke_body("embedding", {"inputText": "x", "normalize": False}).normalize is False
-    assert format_error(parse_invoke_body, "embedding", {}) == "modelInput.inputText is required"
-    assert format_error(parse_invoke_body, "embedding", {"inputText": ""}) == "modelInput.inputText must not be empty"
-    assert format_error(parse_invoke_body, "embedding", {"inputText": 3}).startswith("modelInput.inputText must be a string")
-    assert "'dimensions'" in format_error(parse_invoke_body, "embedding", {"inputText": "x", "dimensions": 256})
-    assert format_error(parse_invoke_body, "embedding", {"inputText": "x", "normalize": "yes"}) == (
+    assert titan_body({"inputText": "x", "normalize": False}).normalize is False
+    assert format_error(titan_body, {}) == "modelInput.inputText is required"
+    assert format_error(titan_body, {"inputText": ""}) == "modelInput.inputText must not be empty"
+    assert format_error(titan_body, {"inputText": 3}).startswith("modelInput.inputText must be a string")
+    assert "'dimensions'" in format_error(titan_body, {"inputText": "x", "dimensions": 256})
+    assert format_error(titan_body, {"inputText": "x", "normalize": "yes"}) == (
         "modelInput.normalize must be true or false, got 'yes'")
 
 
@@ -188,11 +198,11 @@ def test_converse_inference_config_checked(config, expected):
 
 def test_render_shapes():
     result = TextResult(text="Paris.", input_tokens=10, output_tokens=3, stop_reason="end_turn", latency_ms=42)
-    assert render_invoke_response("text", result) == {
+    assert render_invoke(InvokeRequest("meta-llama"), result) == {
         "generation": "Paris.", "prompt_token_count": 10, "generation_token_count": 3, "stop_reason": "stop"}
     for reason, llama_reason in [("max_tokens", "length"), ("stop_sequence", "stop")]:
         result.stop_reason = reason
-        assert render_invoke_response("text", result)["stop_reason"] == llama_reason
+        assert render_invoke(InvokeRequest("meta-llama"), result)["stop_reason"] == llama_reason
     result.stop_reason = "stop_sequence"
     assert render_converse_response(result) == {
         "output": {"message": {"role": "assistant", "content": [{"text": "Paris."}]}},
@@ -201,7 +211,8 @@ def test_render_shapes():
         "metrics": {"latencyMs": 42},
     }
     assert render_converse_response(result, latency_ms=7)["metrics"] == {"latencyMs": 7}
-    assert render_invoke_response("embedding", EmbeddingResult(vector=[0.6, 0.8], input_tokens=4)) == {
+    assert render_invoke(parse_invoke("titan-embed", {"inputText": "x"}),
+                         [EmbeddingResult(vector=[0.6, 0.8], input_tokens=4)]) == {
         "embedding": [0.6, 0.8], "inputTextTokenCount": 4}
 
 
@@ -440,7 +451,7 @@ def test_smollm2_answers_converse_about_france():
         "messages": [user("What is the capital of France? Answer in one sentence.")],
         "inferenceConfig": {"maxTokens": 32, "temperature": 0},
     })
-    llama_request = parse_invoke_body("text", {
+    llama_request = llama_body({
         "prompt": "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
         "max_gen_len": 32, "temperature": 0})
     converse, invoke = generator.generate([request, llama_request])
@@ -449,7 +460,7 @@ def test_smollm2_answers_converse_about_france():
     assert "Paris" in answer, answer
     assert body["stopReason"] == "end_turn" and 0 < body["usage"]["outputTokens"] < 32
     assert body["usage"]["inputTokens"] > 20  # SmolLM2's template adds its default system prompt
-    assert "Paris" in render_invoke_response("text", invoke)["generation"]
+    assert "Paris" in render_invoke(InvokeRequest("meta-llama"), invoke)["generation"]
 
 
 @pytest.mark.real_weights
@@ -459,7 +470,7 @@ def test_minilm_near_synonyms_are_closer():
     embedder = cache.embedder(folder)
     assert cache.embedder(folder) is embedder
     texts = ["A cat is sitting on the mat.", "A kitten sits on the rug.", "The stock market fell sharply today."]
-    results = embedder.embed([parse_invoke_body("embedding", {"inputText": t}) for t in texts], batch_size=2)
+    results = embedder.embed([titan_body({"inputText": t}) for t in texts], batch_size=2)
     vectors = torch.tensor([r.vector for r in results])
     assert vectors.shape == (3, 384)
     assert torch.allclose(vectors.norm(dim=-1), torch.ones(3), atol=1e-4)

@@ -1,4 +1,4 @@
-"""InvokeModel body formats per provider (engine/formats.py): pure functions, no server, no model.
+"""InvokeModel body formats per provider (engine/formats/): pure functions, no server, no model.
 
 For every format: a documented example body parses to the expected request (defaults applied), a
 rendered response has exactly the documented keys and types, every field's type and bounds are
@@ -6,6 +6,7 @@ checked with a message naming the field, a body of another provider names the fo
 takes, streamed chunks add up to the text and close as AWS closes them; and fit_dimensions keeps
 sizes and the order of similarities."""
 
+import itertools
 import json
 import math
 import random
@@ -16,26 +17,25 @@ import pytest
 from bedrock_local.engine.formats import (
     EMBEDDING_FORMATS,
     END_TURN,
+    FORMATS,
     MAX_TOKENS,
-    SPECS,
     STOP_SEQUENCE,
     TEXT_FORMATS,
+    Converse,
     EmbeddingRequest,
     EmbeddingResult,
     FormatError,
-    InvokeRequest,
     StreamRenderer,
     TextRequest,
     TextResult,
     fit_dimensions,
     invocation_metrics,
     parse_invoke,
-    parse_invoke_body,
     render_invoke,
-    render_invoke_response,
 )
 
 CLAUDE = "anthropic.claude-3-haiku-20240307-v1:0"
+JSON = "application/json"
 
 
 def error(body_format, body, where="modelInput") -> str:
@@ -68,7 +68,7 @@ MINIMAL = {
 
 
 def test_every_format_has_a_spec_and_a_minimal_body():
-    assert set(TEXT_FORMATS) | set(EMBEDDING_FORMATS) == set(SPECS) == set(MINIMAL)
+    assert set(TEXT_FORMATS) | set(EMBEDDING_FORMATS) == set(FORMATS) == set(MINIMAL)
     for name, body in MINIMAL.items():
         request = parse_invoke(name, body)
         assert request.format == name
@@ -722,28 +722,13 @@ def test_render_checks_the_result_kind():
                       [EmbeddingResult(vector=[1.0], input_tokens=1)])
 
 
-# --------------------------------------------------------------------------------------------
-# The kind-based wrappers stay as they were
-
-
-def test_kind_wrappers_unchanged():
-    assert parse_invoke_body("text", {"prompt": "Hi"}) == parse_invoke("meta-llama", {"prompt": "Hi"}).text
-    request = parse_invoke_body("embedding", {"inputText": "x", "normalize": False})
-    assert request == EmbeddingRequest(text="x", normalize=False, dimensions=None)
-    assert render_invoke_response("text", result()) == render_invoke(InvokeRequest("meta-llama"), result())
-    assert render_invoke_response("embedding", EmbeddingResult(vector=[0.5, 0.5], input_tokens=2)) == {
-        "embedding": [0.5, 0.5], "inputTextTokenCount": 2}
-    message = str(pytest.raises(FormatError, parse_invoke_body, "embedding", {"inputText": "x", "dimensions": 256}).value)
-    assert "'dimensions'" in message and "allowed: inputText, normalize" in message
-
-
 def test_the_packaged_embedding_models_own_body_keeps_its_size():
     request = parse_invoke("titan-embed", {"inputText": "a lake", "normalize": False})
     assert request.embeddings[0].dimensions is None and request.embeddings[0].normalize is False
     body = render_invoke(request, [EmbeddingResult(vector=[0.5] * 384, input_tokens=4)])
     assert body == {"embedding": [0.5] * 384, "inputTextTokenCount": 4}
-    with pytest.raises(FormatError, match="dimensions"):
-        parse_invoke("titan-embed", {"inputText": "a lake", "dimensions": 256})
+    message = error("titan-embed", {"inputText": "a lake", "dimensions": 256})
+    assert "'dimensions'" in message and "allowed: inputText, normalize" in message
 
 
 def test_provider_prompt_templates_become_chat_turns():
@@ -761,3 +746,61 @@ def test_provider_prompt_templates_become_chat_turns():
     assert parse_invoke("mistral", {"prompt": two_turns}).text.prompt == two_turns  # several turns: raw
     assert parse_invoke("titan-text", {"inputText": "Summarize this."}).text.messages == [
         {"role": "user", "content": "Summarize this."}]
+
+
+# --------------------------------------------------------------------------------------------
+# Converse: the runtime parses the request the api layer validated against the service model's shape,
+# skipping what that shape checks; a batch record, unvalidated, is checked in full
+
+
+def user(*texts):
+    return {"role": "user", "content": [{"text": t} for t in texts]}
+
+
+CONVERSE_MESSAGES = [
+    None, [], "hi", [user("hi")], [user("a", "b"), {"role": "assistant", "content": [{"text": ""}]}, user("c")],
+    [{"role": "assistant", "content": [{"text": "hi"}]}], [user("a"), user("b")], [{"role": "user", "content": []}],
+    [{"role": "user", "content": [{}]}], [{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": "aGk="}}}]}],
+    [{"role": "bot", "content": [{"text": "a"}]}], [{"role": "user", "content": [{"text": 5}]}], [{"role": "user"}],
+]
+CONVERSE_SYSTEMS = [None, [], [{"text": "Be brief."}, {"text": "Be kind."}], [{"cachePoint": {"type": "default"}}], "x"]
+CONVERSE_CONFIGS = [
+    None, {}, {"maxTokens": 5, "temperature": 0, "topP": 0.5, "stopSequences": ["a", "b", "c", "d"]},
+    {"maxTokens": 0}, {"maxTokens": True}, {"temperature": 3.0}, {"temperature": float("nan")},
+    {"topP": float("nan")}, {"stopSequences": ["a", "b", "c", "d", "e"]}, {"stopSequences": [""]},
+    {"stopSequences": "a"}, {"temperature": 1},
+]
+
+
+def outcome(parse, *args, **kwargs):
+    try:
+        return parse(*args, **kwargs)
+    except FormatError as error:
+        return str(error)
+
+
+def test_validated_converse_requests_parse_as_batch_records_do():
+    import botocore.session
+
+    from bedrock_local.api.codec import RestJsonCodec
+    from bedrock_local.api.validation import validation_message
+
+    model = botocore.session.get_session().get_service_model("bedrock-runtime")
+    operation, codec = model.operation_model("Converse"), RestJsonCodec(model)
+    seen = set()
+    for messages, system, config in itertools.product(CONVERSE_MESSAGES, CONVERSE_SYSTEMS, CONVERSE_CONFIGS):
+        body = {key: value for key, value in (("messages", messages), ("system", system),
+                                              ("inferenceConfig", config)) if value is not None}
+        wire = json.dumps({"modelId": "m", **body}).encode()
+        params = codec.parse_request(operation, {"modelId": "m"}, "", {"content-type": JSON}, wire)
+        if validation_message(params, operation.input_shape) is not None:
+            continue
+        validated = outcome(Converse.parse, params, "request", validated=True)
+        assert validated == outcome(Converse.parse, body, "request"), body
+        seen.add(validated if isinstance(validated, str) else "ok")
+    assert "ok" in seen
+    for problem in ("request.messages is required", "at least one message", "messages[1].role must be 'assistant'",
+                    "content must hold at least one content block", "content block 'image' is not supported",
+                    "system[0]: content block 'cachePoint'", "stopSequences may hold at most 4 strings",
+                    "temperature must be a number between 0 and 1, got nan", "topP must be a number"):
+        assert any(problem in message for message in seen if message != "ok"), problem

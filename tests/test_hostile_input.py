@@ -339,9 +339,6 @@ def test_path_traversal_in_s3_uris_and_names_never_leaves_the_data_dir(api):
 def test_forged_and_foreign_next_tokens_are_refused(make_server, tmp_path):
     import base64
 
-    import boto3
-    from botocore.config import Config
-
     credentials = tmp_path / "credentials.json"
     credentials.write_text(json.dumps({"AKIAONE": {"secretAccessKey": "s1", "accountId": "111111111111"},
                                        "AKIATWO": {"secretAccessKey": "s2", "accountId": "222222222222"}}))
@@ -349,8 +346,7 @@ def test_forged_and_foreign_next_tokens_are_refused(make_server, tmp_path):
     (server.folder("tokens-src") / "empty").mkdir(parents=True, exist_ok=True)
 
     def client(key, secret, region="us-east-1"):
-        return boto3.client("bedrock", endpoint_url=server.url, region_name=region, aws_access_key_id=key,
-                            aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}))
+        return server.client(region, key, secret_key=secret)
 
     one, two, one_west = client("AKIAONE", "s1"), client("AKIATWO", "s2"), client("AKIAONE", "s1", "us-west-2")
     for bedrock in (one, two, one_west):

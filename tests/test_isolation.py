@@ -7,11 +7,10 @@ import hashlib
 import json
 import uuid
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from bedrock_local import testing
 from conftest import Server, wait_until
 from test_deployments import build_tiny_model, import_model, wait_status
 
@@ -38,8 +37,7 @@ def server(tmp_path_factory):
 
 
 def client(server, key, secret, service="bedrock", region="us-east-1"):
-    return boto3.client(service, endpoint_url=server.url, region_name=region, aws_access_key_id=key,
-                        aws_secret_access_key=secret, config=Config(retries={"max_attempts": 1}, read_timeout=60))
+    return server.client(region, key, service, secret_key=secret, read_timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +138,7 @@ def test_custom_models_of_another_account_are_not_found(a, b, world):
     assert b.list_custom_models(isOwned=False)["modelSummaries"] == []
     # using it: deploy, copy, batch, customize
     assert_not_found(b.create_custom_model_deployment, modelDeploymentName=unique("steal"), modelArn=world["model"])
-    b_west = boto3.client("bedrock", endpoint_url=b.meta.endpoint_url, region_name="us-west-2",
-                          aws_access_key_id=B_KEY, aws_secret_access_key=B_SECRET,
-                          config=Config(retries={"max_attempts": 1}))
+    b_west = testing.client("bedrock", b.meta.endpoint_url, region="us-west-2", access_key=B_KEY, secret_key=B_SECRET)
     assert_not_found(b_west.create_model_copy_job, sourceModelArn=world["model"], targetModelName=unique("steal"))
     # (an imported model's ARN is no batch modelId by the model's pattern; by name it is looked up)
     assert_not_found(b.create_model_invocation_job, jobName=unique("steal"), roleArn=ROLE_B, modelId=world["model_name"],

@@ -10,9 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import wait_until
-
-TEST_MODEL = "bedrock-local.test-text-v1:0"
+from conftest import batch_job_of_prompts, wait_until
 
 
 def scrape(server) -> dict:
@@ -29,17 +27,7 @@ def value(samples: dict, name: str, **labels) -> float:
 
 
 def batch_job(server, name: str, prompts: list[str]) -> str:
-    prefix = f"in-{uuid.uuid4().hex[:8]}"
-    folder = server.folder("metrics-input") / prefix
-    folder.mkdir(parents=True)
-    server.folder("metrics-output")
-    (folder / "records.jsonl").write_text("".join(
-        json.dumps({"recordId": f"r{n}", "modelInput": {"prompt": prompt, "max_gen_len": 3}}) + "\n"
-        for n, prompt in enumerate(prompts)))
-    return server.client().create_model_invocation_job(
-        jobName=name, roleArn="arn:aws:iam::123456789012:role/batch", modelId=TEST_MODEL,
-        inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://metrics-input/{prefix}/"}},
-        outputDataConfig={"s3OutputDataConfig": {"s3Uri": "s3://metrics-output/out/"}})["jobArn"]
+    return batch_job_of_prompts(server, name, prompts, ("metrics-input", "metrics-output"), max_gen_len=3)
 
 
 def ended(server, arn: str) -> dict | None:

@@ -11,12 +11,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from bedrock_local.testing import start_ray_node
 from conftest import free_port, wait_until
 
 pytest.importorskip("ray")
@@ -27,43 +27,7 @@ ROLE = f"arn:aws:iam::{ACCOUNT}:role/BedrockBatchInference"
 IN_BUCKET, OUT_BUCKET = "ray-input", "ray-output"
 FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
 WINDOW = 500  # records per Ray Data window in these tests (BEDROCK_LOCAL_RAY_WINDOW_RECORDS)
-
-
-def _ray_start(*args: str, log: Path) -> subprocess.Popen:
-    """`ray start ... --block` in a session of its own: every process of the node shares that session id."""
-    ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    command = ["ray", "start", *args, "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
-               "--disable-usage-stats", "--object-store-memory", str(128 * 2**20), "--block"]
-    for flag in ports:
-        command += [flag, str(free_port())]
-    return subprocess.Popen(command, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL every process of the node (raylet, its Ray workers, agents), found by session id."""
-    sid = process.pid
-    for _ in range(3):
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.getsid(int(entry)) == sid:
-                        found.append(int(entry))
-                except OSError:
-                    pass
-        if not found:
-            break
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.5)
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        pass
+SMALL_OBJECT_STORE = ("--object-store-memory", str(128 * 2**20))  # two nodes on one test machine
 
 
 class RayCluster:
@@ -76,14 +40,14 @@ class RayCluster:
         self.head = self.node = None
 
     def start(self) -> "RayCluster":
-        self.head = _ray_start("--head", "--port", str(self.port), "--include-dashboard=false",
-                               "--temp-dir", str(self.temp), log=self.temp / "head.log")
+        self.head = start_ray_node("--head", "--port", str(self.port), "--include-dashboard=false",
+                                   "--temp-dir", str(self.temp), *SMALL_OBJECT_STORE, log=self.temp / "head.log")
         wait_until(lambda: self._status_ok(), timeout=120, interval=0.5, what="the Ray head to start")
         self.start_node()
         return self
 
     def start_node(self) -> None:
-        self.node = _ray_start("--address", self.address, log=self.temp / "node.log")
+        self.node = start_ray_node("--address", self.address, *SMALL_OBJECT_STORE, log=self.temp / "node.log")
         wait_until(lambda: self.alive_nodes() == 2, timeout=120, interval=0.5, what="the second Ray node to join")
 
     def _status_ok(self) -> bool:
@@ -100,12 +64,12 @@ class RayCluster:
 
     def kill_node(self) -> None:
         """kill -9 of the non-head node and every process on it."""
-        _kill_session(self.node)
+        self.node.kill_session()
 
     def stop(self) -> None:
         for process in (self.node, self.head):
             if process is not None:
-                _kill_session(process)
+                process.kill_session()
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
@@ -284,29 +248,22 @@ def test_api_nodes_and_workers_on_postgres_and_s3_lose_a_worker_and_a_ray_node(r
     processes driving Ray, on one PostgreSQL schema and one S3 endpoint (moto). A job of several shards
     is created through one API node and read through the other; mid-job one worker is killed with
     kill -9 and so is the non-head Ray node. The job completes with every record exactly once."""
-    import sys
 
-    from conftest import SHARED_CACHE, Server, s3_client
+    from conftest import Server, Worker, s3_client
 
     shard = 600
     common = ("--serving-workers", "0", "--batch-shard-records", str(shard))
     api = [Server(tmp_path / f"api-{n}", workers=0, database_url=postgres_url, s3_endpoint_url=moto_s3,
                   lease_seconds=3.0, extra_args=common) for n in range(2)]
-    workers: list[subprocess.Popen] = []
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "BEDROCK_LOCAL_RAY_WINDOW_RECORDS": "200"}
+    workers = [Worker(tmp_path / f"worker-{n}", database_url=postgres_url, s3_endpoint_url=moto_s3,
+                      extra_args=("--batch-shard-records", str(shard), "--ray-address", ray_cluster.address),
+                      env={"BEDROCK_LOCAL_RAY_WINDOW_RECORDS": "200"}, log=tmp_path / f"worker-{n}.log")
+               for n in range(2)]
     s3 = s3_client(moto_s3)
     in_bucket, out_bucket = unique("ray-pg-in"), unique("ray-pg-out")
     try:
-        for server in api:
-            server.start()
-        for n in range(2):
-            command = [sys.executable, "-m", "bedrock_local.cli", "worker", "--data-dir", str(tmp_path / f"worker-{n}"),
-                       "--database-url", postgres_url, "--s3-endpoint-url", moto_s3, "--lease-seconds", "3",
-                       "--cache-dir", str(SHARED_CACHE), "--batch-shard-records", str(shard),
-                       "--quota", "all=unlimited", "--ray-address", ray_cluster.address]
-            workers.append(subprocess.Popen(command, stdout=open(tmp_path / f"worker-{n}.log", "ab"),
-                                            stderr=subprocess.STDOUT, env=env, start_new_session=True))
+        for node in [*api, *workers]:
+            node.start()
         for bucket in (in_bucket, out_bucket):
             s3.create_bucket(Bucket=bucket)
         total = 3_000
@@ -319,8 +276,8 @@ def test_api_nodes_and_workers_on_postgres_and_s3_lose_a_worker_and_a_ray_node(r
         reader = api[1].client()
         wait_until(lambda: (reader.get_model_invocation_job(jobIdentifier=arn).get("processedRecordCount") or 0) > 0,
                    timeout=240, interval=0.1, what="the job to process its first window")
-        workers[0].kill()  # kill -9 of one worker (its Ray actors die with their driver)
-        workers[0].wait(10)
+        workers[0].process.kill()  # kill -9 of one worker (its Ray actors die with their driver)
+        workers[0].process.wait(10)
         ray_cluster.kill_node()
         try:
             job = wait_final(reader, arn, timeout=420)
@@ -338,14 +295,8 @@ def test_api_nodes_and_workers_on_postgres_and_s3_lose_a_worker_and_a_ray_node(r
         assert manifest["processedRecordCount"] == manifest["totalRecordCount"] == total
         assert api[0].client().get_model_invocation_job(jobIdentifier=arn)["status"] == "Completed"
     finally:
-        for process in workers:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(10)
+        for worker in workers:
+            worker.stop(20)
         for server in api:
             server.stop()
 

@@ -10,7 +10,6 @@ import threading
 
 import pytest
 from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from conftest import SHARED_CACHE, upload_folder, wait_until
 from test_deployments import build_tiny_model, error_of, import_model, wait_status

@@ -11,10 +11,7 @@ only to see what the API does not show (which worker ran which shard)."""
 
 import concurrent.futures
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +21,7 @@ from sqlalchemy import select
 
 from bedrock_local.store.database import open_database
 from bedrock_local.store.schema import BatchShard, Job, Resource
-from conftest import SHARED_CACHE, Server, postgres_schema, s3_client, wait_until
+from conftest import Server, Worker, postgres_schema, s3_client, wait_until
 
 TEST_MODEL = "bedrock-local.test-text-v1:0"
 ROLE = "arn:aws:iam::123456789012:role/ScaleOut"
@@ -46,8 +43,11 @@ class Cluster:
         common = ("--serving-workers", "0", "--batch-shard-records", str(SHARD))
         self.api = [Server(root / f"api-{i}", workers=0, database_url=database_url, s3_endpoint_url=s3_url,
                            lease_seconds=float(LEASE), extra_args=common) for i in range(2)]
-        self.workers: list[subprocess.Popen | None] = [None, None]
         self.logs = [root / f"worker-{i}.log" for i in range(2)]
+        self.workers = [Worker(root / f"worker-{i}", database_url=database_url, s3_endpoint_url=s3_url,
+                               lease_seconds=float(LEASE), log=self.logs[i],
+                               extra_args=("--batch-shard-records", str(SHARD), "--batch-max-records", "1000000"))
+                        for i in range(2)]
         self.db = None
         self.s3 = s3_client(s3_url)
 
@@ -59,31 +59,17 @@ class Cluster:
             self.start_worker(index)
         return self
 
-    def start_worker(self, index: int) -> subprocess.Popen:
-        command = [sys.executable, "-m", "bedrock_local.cli", "worker", "--data-dir", str(self.root / f"worker-{index}"),
-                   "--database-url", self.database_url, "--s3-endpoint-url", self.s3_url, "--lease-seconds", LEASE,
-                   "--cache-dir", str(SHARED_CACHE), "--batch-shard-records", str(SHARD), "--quota", "all=unlimited",
-                   "--batch-max-records", "1000000"]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-        with open(self.logs[index], "a") as log:
-            self.workers[index] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        return self.workers[index]
+    def start_worker(self, index: int) -> Worker:
+        return self.workers[index].start()
 
     def signal_worker(self, index: int, sig: int) -> None:
-        process = self.workers[index]
-        if process is not None and process.poll() is None:
-            process.send_signal(sig)
+        """`sig` to the worker process alone."""
+        if self.workers[index].running:
+            self.workers[index].process.send_signal(sig)
 
     def stop(self) -> None:
-        for index, process in enumerate(self.workers):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGCONT)
-                process.terminate()
-                try:
-                    process.wait(20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
+        for worker in self.workers:
+            worker.stop(20)  # SIGCONT too: a test may have left one stopped
         for server in self.api:
             server.stop()
         if self.db is not None:
@@ -201,7 +187,7 @@ def test_a_job_is_split_across_workers_and_survives_kill_9_of_its_coordinator(cl
 
     # the coordinator (the job's lease owner) finishes a shard; then it is frozen while it holds a shard
     # it has not finished, and killed
-    pids = [process.pid for process in cluster.workers]
+    pids = [worker.pid for worker in cluster.workers]
     seen: list[int] = []
 
     def coordinator_did_one():
@@ -225,7 +211,7 @@ def test_a_job_is_split_across_workers_and_survives_kill_9_of_its_coordinator(cl
     at_kill = held[0]
     done_before = {row.number: row.done_by for row in cluster.shards(arn) if row.state == "done"}
     cluster.signal_worker(victim, signal.SIGKILL)
-    cluster.workers[victim].wait(10)
+    cluster.workers[victim].process.wait(10)
     assert len(done_before) < len(cluster.shards(arn))  # killed mid-job
 
     job = wait_final(reader, arn, timeout=120)

@@ -14,8 +14,6 @@ import datetime
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,9 +23,11 @@ import pytest
 from botocore.exceptions import ClientError
 from sqlalchemy import inspect, select, text, update
 
+from bedrock_local import testing
 from bedrock_local.jobs import lease
 from bedrock_local.jobs.lifecycle import TRANSITIONS, IllegalTransition, is_final, move
-from bedrock_local.processes.worker import MAX_ATTEMPTS, Worker
+from bedrock_local.jobs.protocol import MAX_ATTEMPTS
+from bedrock_local.processes.worker import Worker
 from bedrock_local.settings import Settings
 from bedrock_local.store import resources
 from bedrock_local.store.database import open_database
@@ -490,11 +490,9 @@ def test_api_only_node_queues_and_a_worker_process_runs(database_url, make_serve
     import psutil
     assert psutil.Process(server.process.pid).children(recursive=True) == []
 
-    command = [sys.executable, "-m", "bedrock_local.cli", "worker", "--data-dir", str(server.data_dir),
-               "--lease-seconds", "5"] + (["--database-url", database_url] if database_url else [])
-    log = open(server.data_dir.parent / "worker.log", "w")
-    worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # the server's data dir and database, but not the tests' shared cache and quotas
+    worker = testing.Worker(server.data_dir, database_url=database_url, lease_seconds=5,
+                            log=server.data_dir.parent / "worker.log").start()
     try:
         owner = wait_until(lambda: jobs_by_arn(db)[arn].lease_owner, 60, 0.05, "the worker to claim the job")
         assert owner.split(":")[1] == str(worker.pid)  # host:pid:nonce of the worker, not the API
@@ -502,14 +500,8 @@ def test_api_only_node_queues_and_a_worker_process_runs(database_url, make_serve
         job = jobs_by_arn(db)[arn]
         assert (job.state, job.attempts) == ("done", 1)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(10)
-        log.close()
-    assert worker.returncode == 0
+        worker.stop(20)
+    assert worker.process.returncode == 0
 
 
 # -- 6. a job that keeps killing its worker ends ---------------------------------------------

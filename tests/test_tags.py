@@ -4,9 +4,7 @@ overwrite, remove, the 200-tag limit, identity (region and account) and the mode
 import json
 import uuid
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from conftest import Server, wait_until
 
@@ -28,9 +26,7 @@ def tag_server(tmp_path_factory):
 
 
 def client(server, key="AKIAONE", region="us-east-1"):
-    return boto3.client("bedrock", endpoint_url=server.url, region_name=region, aws_access_key_id=key,
-                        aws_secret_access_key=KEYS[key]["secretAccessKey"],
-                        config=Config(parameter_validation=False, read_timeout=15, retries={"max_attempts": 1}))
+    return server.client(region, key, validate=False, secret_key=KEYS[key]["secretAccessKey"], read_timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ import os
 import time
 import traceback
 
-from botocore.loaders import create_loader
-from botocore.model import ServiceModel
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -25,6 +23,7 @@ from bedrock_local.console.web import PREFIX as CONSOLE_PREFIX, Console
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import BedrockError, InternalServerException, ValidationException
 from bedrock_local.service import load_operations
+from bedrock_local.service.aws_model import load_service_model
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore
 from bedrock_local.store.database import Database
@@ -32,10 +31,6 @@ from bedrock_local.store.database import Database
 log = logging.getLogger("bedrock_local.api")
 
 OPENAPI_PATH = "/openapi.json"
-
-
-def load_service_model(name: str) -> ServiceModel:
-    return ServiceModel(create_loader().load_service_model(name, "service-2"), name)
 
 
 class UnknownOperationError(BedrockError):

@@ -199,7 +199,7 @@ def _same(given: str, expected: str) -> bool:
 def training_metrics(ctx: Context, identifier: str, with_points: bool = True) -> dict:
     """A customization job of the caller's account and region (the lookup GetModelCustomizationJob
     makes: another account's job is not found) and its step-wise metrics."""
-    from bedrock_local.jobs.handlers.customization import TRAINING_CSV, VALIDATION_CSV
+    from bedrock_local.jobs.artifacts import TRAINING_CSV, VALIDATION_CSV
 
     row = read_in_scope(ctx, CUSTOMIZATION_KIND, "model customization job", identifier)
     body = row.body

@@ -6,18 +6,13 @@ stops the server it started (unless --keep-server)."""
 
 import datetime
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from bedrock_local import testing
 from bedrock_local.console_cli.common import CliError, Clients, as_cli_error, call, console
 from bedrock_local.console_cli.watch import follow
 
@@ -113,9 +108,8 @@ def _quickstart(args, clients: Clients, out) -> int:
 
 
 def _answers(clients: Clients) -> bool:
-    probe = boto3.client("bedrock", endpoint_url=clients.endpoint_url, region_name=clients.region,
-                         aws_access_key_id="probe", aws_secret_access_key="probe",
-                         config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
+    probe = testing.client("bedrock", clients.endpoint_url, region=clients.region, access_key="probe",
+                           secret_key="probe", connect_timeout=2, read_timeout=10)
     try:
         probe.list_foundation_models()
         return True
@@ -125,45 +119,31 @@ def _answers(clients: Clients) -> bool:
         return False
 
 
-def _start_server(args, clients: Clients, out) -> subprocess.Popen:
+def _start_server(args, clients: Clients, out) -> testing.Server:
     url = urlparse(clients.endpoint_url)
     if url.hostname not in ("127.0.0.1", "localhost") or not url.port:
         raise CliError(f"No bedrock-local server answers at {clients.endpoint_url}, and it is not a local address "
                        f"with a port this command could start one on.", 3)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "bedrock_local.cli", "serve", "--host", url.hostname, "--port", str(url.port),
-               "--data-dir", str(args.data_dir)]
-    if args.cache_dir:
-        command += ["--cache-dir", str(args.cache_dir)]
-    if args.s3_endpoint_url:
-        command += ["--s3-endpoint-url", args.s3_endpoint_url]
     log = args.data_dir / "quickstart-server.log"
-    with open(log, "ab") as handle:
-        server = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    server = testing.Server(args.data_dir, host=url.hostname, port=url.port, cache_dir=args.cache_dir,
+                            s3_endpoint_url=args.s3_endpoint_url, log=log, offline=False).launch()
     out.print(f"No server answered at {clients.endpoint_url}: started `bedrock-local serve --data-dir {args.data_dir} "
               f"--port {url.port}` (pid {server.pid}, log {log}).")
-    deadline = time.monotonic() + SERVER_START_SECONDS
     with out.status("Waiting for the server to answer..."):
-        while not _answers(clients):
-            if server.poll() is not None:
-                raise CliError(f"The server exited with {server.returncode}; its log {log} says:\n"
-                               f"{log.read_text(errors='replace')[-2000:]}", 3)
-            if time.monotonic() > deadline:
-                _stop(server)
-                raise CliError(f"The server did not answer within {SERVER_START_SECONDS} s (log {log}).", 3)
-            time.sleep(0.5)
+        try:
+            server.process.wait_until(lambda: _answers(clients), SERVER_START_SECONDS, "answer", interval=0.5)
+        except testing.ProcessExited as exc:
+            raise CliError(f"The server exited with {exc.returncode}; its log {log} says:\n"
+                           f"{server.process.log_tail(2000)}", 3)
+        except testing.StartTimeout:
+            _stop(server)
+            raise CliError(f"The server did not answer within {SERVER_START_SECONDS} s (log {log}).", 3)
     return server
 
 
-def _stop(server: subprocess.Popen) -> None:
+def _stop(server: testing.Server) -> None:
     """SIGTERM to the server's process group (it stops its worker and serving processes), then wait."""
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
+    server.stop(timeout=60)
 
 
 class _ObjectStore:

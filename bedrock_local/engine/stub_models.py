@@ -1,72 +1,7 @@
-"""Fast deterministic test models, and the faults they inject for testing retry logic.
-
-Two foundation models that load nothing (no weights, no torch) and answer in microseconds, so a
-pipeline written for Bedrock runs its batch jobs and runtime calls in seconds and can assert exact
-outputs. They are listed like any foundation model (provider "bedrock-local"), and an alias may run
-on them (`"runsOn": "bedrock-local.test-text-v1:0"` in the alias file, engine/aliases.py), so an AWS
-model id with its provider's body format can be answered by them.
-
-Tokens: a token is a whitespace-separated word (`str.split()`); every token count they report is a
-number of such words.
-
-`bedrock-local.test-text-v1:0` (`TestTextModel`):
-- reads the system text, every message and the prompt: `input_tokens` is the number of words in all of them;
-- answers the words of the *last user message* (chat forms: Converse, Anthropic Messages; an
-  assistant prefill after it is ignored) or of the *prompt* (Meta Llama, Titan Text, Mistral) in
-  reverse order, joined by single spaces: "Say hello to the world" -> "world the to hello Say";
-- ends like the real generator: at `max_tokens` words (stop reason max_tokens, `output_tokens` =
-  max_tokens) unless every word fits (end_turn, `output_tokens` = the word count); a stop sequence
-  found in the answer cuts the text just before it (stop_sequence; `output_tokens` = the fewest
-  leading words whose text holds it, as the real generator counts the tokens through the stop);
-  only the first max_tokens words are searched for stop sequences, as a generator never sees
-  tokens after its limit;
-- temperature, top_p, top_k and the seed are validated by the body formats but change nothing: the
-  answer is the same greedy or sampled, in a batch job (`generate`) and at runtime (`submit`);
-- a request with no word at all (whitespace only) is a FormatError, as an empty prompt is for the
-  real model;
-- streams one `TextDelta` per answer word (the word with its leading space; the last one may be
-  shorter when a stop sequence cuts it), then `Finished`: the deltas concatenate to the text.
-It has both interfaces of the real engines: `generate(requests, seed=0)` like
-generation.TextGenerator (batch jobs) and `start` / `submit(request, on_event, seed=0)` /
-`close(drain, timeout)` / `active` like continuous.ContinuousBatcher (serving); `submit` answers on
-the caller's thread, before it returns, so nothing is ever queued.
-
-`bedrock-local.test-embed-v1:0` (`TestEmbeddingModel`): feature hashing of words. Each word,
-lowercased and with punctuation stripped from both ends (a word of punctuation only is kept
-lowercased), adds +1 or -1 to one coordinate: sha256 of the word's UTF-8 bytes, its first 8 bytes
-(big-endian) modulo the size pick the coordinate, the lowest bit of byte 8 the sign (0: +1). Texts
-that share words share coordinates, so cosine similarity means something; the vector is made unit
-length when the request normalizes (a text with no word stays all zeros). The size is the one the
-body format asks for (`EmbeddingRequest.dimensions`: 1536 for Titan G1, 1024/512/256 for Titan V2,
-1024 for Cohere), else 1024; `input_tokens` is the number of words. `embed(requests)` like
-embeddings.Embedder (batch jobs); `invoke(requests)` is the runtime's entry point (it counts calls
-for the throttling and error rules below).
-
-Faults (`Faults`, and the names in `FAULTS`): an injected fault answers the modelled exception a
-retry loop must handle, at runtime the exception itself with its HTTP status, in a batch job an
-error line `{"errorCode": <status>, "errorMessage": ...}`; every message says it was injected.
-
-- per request: a directive `[[fault:NAME]]` anywhere in the text the model reads (system,
-  messages, prompt; an embedding's input text) fails that request (runtime) or record (batch) with
-  NAME's exception: throttle, model-error, timeout, validation, internal, unavailable, not-ready.
-  `[[fault:job-fail]]`, `[[fault:job-stop]]`, `[[fault:job-timeout]]` in a batch record end the job
-  right before that record (see "job" below); at runtime they are ordinary words.
-- per model, in an alias entry that runs on a test model (`"faults": {...}`, engine/aliases.py):
-  - `"throttle": {"every": K}` or `{"rate": P, "seed": S}`: runtime calls to the model, counted
-    from 1 on the serving node that holds it (every request for one model id goes to the same
-    node; a node that restarts or unloads it counts again from 1), answer ThrottlingException
-    (HTTP 429) when `n % K == 0`, or when `u(S, n) < P` where `u(S, n)` is the first 8 bytes of
-    sha256("S:n"), big-endian, divided by 2**64 (a seeded, reproducible rate);
-  - `"errors": {"fault": NAME, "every": K | "rate": P, "seed": S, "message": "..."}`: the same rule
-    over runtime calls (checked after throttling, on the same call number) and over the records
-    of each batch job (record n = its position in the job, from 1, across input files in order):
-    those fail with NAME's exception (default model-error);
-  - `"job": {"action": "fail" | "stop" | "timeout", "afterRecords": N, "message": "..."}`: a batch
-    job on the model processes N records, writes their output lines, then fails (Failed, with a
-    message saying it was injected), stops (Stopping -> Stopped, as if StopModelInvocationJob had
-    come) or times out (PartiallyCompleted with the timeout's message), as its real counterpart
-    would. N at or past the job's record count: the job completes.
-"""
+"""The stub models: two deterministic foundation models that load no weights and answer in
+microseconds (a text model that reverses the prompt's words, an embedding model that hashes words),
+the faults they inject for testing retry logic, and the hook through which a batch job meets those
+faults. What they answer and how faults are configured: docs/stub-models.md."""
 
 from __future__ import annotations
 
@@ -79,13 +14,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import ModelCallError
+from .errors import JobSignal, ModelCallError
 from .formats import (END_TURN, MAX_TOKENS, STOP_SEQUENCE, EmbeddingRequest, EmbeddingResult, FormatError,
                       TextRequest, TextResult)
 
 TEST_TEXT_MODEL = "bedrock-local.test-text-v1:0"
 TEST_EMBEDDING_MODEL = "bedrock-local.test-embed-v1:0"
 TEST_EMBEDDING_DIMENSIONS = 1024
+# Records per chunk of a batch job (the loop's flush and checkpoint unit). Not larger: with more records
+# alive at once, more of them survive into older garbage-collector generations, whose collections walk
+# the worker's whole heap (benchmarks/README.md has the figures).
+RECORDS_PER_CHUNK = 64
 
 # fault name: (the modelled exception, its HTTP status, what the exception says)
 FAULTS: dict[str, tuple[str, int, str]] = {
@@ -97,7 +36,8 @@ FAULTS: dict[str, tuple[str, int, str]] = {
     "unavailable": ("ServiceUnavailableException", 503, "The service is unavailable; try again later."),
     "not-ready": ("ModelNotReadyException", 429, "The model is not ready to serve requests; try again later."),
 }
-JOB_ACTIONS = ("fail", "stop", "timeout")
+JOB_ACTIONS = JobSignal.ACTIONS
+JOB_VERBS = {"fail": "fail", "stop": "stop", "timeout": "time out"}
 DIRECTIVE = re.compile(r"\[\[fault:([A-Za-z0-9_-]*)\]\]")
 JOB_DIRECTIVE = re.compile(r"\[\[fault:job-(fail|stop|timeout)\]\]")
 
@@ -184,12 +124,23 @@ class Faults:
                                  self.error_message)
         return None
 
-    def job_point(self, done: int, count: int) -> int | None:
-        """Where, among the next `count` records of a job that has processed `done`, the job must
-        end (records before that position are processed); None: not among them."""
-        if self.job is None or self.job.after_records - done >= count:
+    def job_signal(self, number: int, model_id: str) -> JobSignal | None:
+        """The signal that ends a batch job right before its record `number` (from 1): `job` after N
+        records, from record N + 1 on (a job resumed past it ends at once); None: the job goes on."""
+        job = self.job
+        if job is None or number - 1 < job.after_records:
             return None
-        return max(0, self.job.after_records - done)
+        return job_signal(job.action, f"faults.job of {model_id} asks the job to {JOB_VERBS[job.action]} after "
+                                      f"{job.after_records} records", number, job.message)
+
+
+def job_signal(action: str, why: str, number: int, message: str | None = None) -> JobSignal:
+    """The JobSignal of an injected job fault met right before record `number`: a failure's message
+    (the user's own, or how many records were processed) or the note a stop or timeout adds."""
+    note = f"(injected fault: {why})"
+    if action == "fail":
+        return JobSignal(action, f"{message or f'The job failed after {number - 1} records.'} {note}")
+    return JobSignal(action, note)
 
 
 def seeded_uniform(seed: int, n: int) -> float:
@@ -311,6 +262,22 @@ def job_directive(model_input: Any) -> str | None:
     return None
 
 
+def check_record(faults: Faults | None, model_id: str, number: int, record: dict) -> None:
+    """The batch-job hook of a stub engine, asked about each input record (`number`: its position in the
+    job, from 1) before its chunk runs: raises the JobSignal that ends the job right before it (faults.job,
+    or a `[[fault:job-ACTION]]` in its modelInput), else the InjectedFault it fails with (faults.errors)."""
+    signal = faults.job_signal(number, model_id) if faults is not None else None
+    action = job_directive(record.get("modelInput")) if signal is None else None
+    if action is not None:
+        signal = job_signal(action, f"record {record.get('recordId')!r} asks the job to {JOB_VERBS[action]} "
+                                    f"with [[fault:job-{action}]]", number)
+    if signal is not None:
+        raise signal
+    fault = faults.record_fault(number, model_id) if faults is not None else None
+    if fault is not None:
+        raise fault
+
+
 class _Calls:
     """A thread-safe counter of runtime calls, from 1."""
 
@@ -391,20 +358,34 @@ class _Done:
         return None
 
 
-class TestTextModel:
-    """The test text model as an engine: `generate` for batch jobs, `submit` for serving."""
+class _StubEngine:
+    """What both stub engines share: their model id, faults and runtime call counter, their tokens,
+    and the batch-job hooks (the records per chunk they prefer, `check_record`)."""
 
-    __test__ = False  # not a pytest test class
+    records_per_chunk = RECORDS_PER_CHUNK
 
-    def __init__(self, model_id: str = TEST_TEXT_MODEL, faults: Faults | None = None):
+    def __init__(self, model_id: str, faults: Faults | None):
         self.model_id = model_id
         self.faults = faults
         self._calls = _Calls()
-        self._closing = False
+
+    # no weights and no work to wait for: a serving node answers it on its event loop
+    answers_inline = True
 
     @staticmethod
     def count_tokens(text: str) -> int:
         return count_tokens(text)
+
+    def check_record(self, number: int, record: dict) -> None:
+        check_record(self.faults, self.model_id, number, record)
+
+
+class StubTextModel(_StubEngine):
+    """The test text model as an engine: `generate` for batch jobs, `submit` for serving."""
+
+    def __init__(self, model_id: str = TEST_TEXT_MODEL, faults: Faults | None = None):
+        super().__init__(model_id, faults)
+        self._closing = False
 
     def generate(self, requests: list[TextRequest], *, seed: int = 0,
                  **_: Any) -> list[TextResult | FormatError | InjectedFault]:
@@ -478,21 +459,13 @@ def hash_embedding(text: str, size: int = TEST_EMBEDDING_DIMENSIONS, normalize: 
     return vector
 
 
-class TestEmbeddingModel:
+class StubEmbeddingModel(_StubEngine):
     """The test embedding model as an engine: `embed` for batch jobs, `invoke` for runtime calls."""
-
-    __test__ = False
 
     dimension = TEST_EMBEDDING_DIMENSIONS
 
     def __init__(self, model_id: str = TEST_EMBEDDING_MODEL, faults: Faults | None = None):
-        self.model_id = model_id
-        self.faults = faults
-        self._calls = _Calls()
-
-    @staticmethod
-    def count_tokens(text: str) -> int:
-        return count_tokens(text)
+        super().__init__(model_id, faults)
 
     def embed(self, requests: list[EmbeddingRequest], **_: Any) -> list[EmbeddingResult | InjectedFault | FormatError]:
         """One result per request: an EmbeddingResult at the request's size (1024 by default), or
@@ -523,13 +496,8 @@ class TestEmbeddingModel:
         return results  # type: ignore[return-value]
 
 
-def is_test_engine(engine: object) -> bool:
-    """Whether `engine` is a test model's (no weights; faults may be injected)."""
-    return isinstance(engine, (TestTextModel, TestEmbeddingModel))
-
-
-def engine_for(kind: str, model_id: str, faults: Faults | None = None) -> TestTextModel | TestEmbeddingModel:
-    """The engine of a test model (or of an alias that runs on one): `kind` "text" or "embedding"."""
+def engine_for(kind: str, model_id: str, faults: Faults | None = None) -> StubTextModel | StubEmbeddingModel:
+    """The engine of a stub model (or of an alias that runs on one): `kind` "text" or "embedding"."""
     if kind == "embedding":
-        return TestEmbeddingModel(model_id, faults)
-    return TestTextModel(model_id, faults)
+        return StubEmbeddingModel(model_id, faults)
+    return StubTextModel(model_id, faults)

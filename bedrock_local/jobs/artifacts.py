@@ -11,6 +11,9 @@ from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore, S3Location
 
 MANIFEST = "bedrock-local-manifest.json"
+# where a customization job writes its metrics under its output URI, as AWS does (the console reads them)
+TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
+VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv"
 
 
 def model_location(settings: Settings, account: str, region: str, model_id: str) -> S3Location:

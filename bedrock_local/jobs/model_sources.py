@@ -1,6 +1,6 @@
 """Which model a job runs and where its weights are on this machine: a packaged foundation model
 (materialized once into the cache as a plain HF folder), or a custom model downloaded from the
-model store into the cache; or a test model (engine/stub_models.py), which has no weights and
+model store into the cache; or a stub model (engine/stub_models.py), which has no weights and
 whose engine is built at once. Both the service (to check a model id at create time) and the
 workers and serving nodes (to load it: `load_engine`) use this."""
 
@@ -16,7 +16,7 @@ from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore, S3Location
 
 __all__ = ["KIND_EMBEDDING", "KIND_TEXT", "ModelFilesUnavailable", "ModelSource", "body_format", "custom_model_dir",
-           "custom_source", "foundation_source", "load_engine", "local_path", "test_engine"]
+           "custom_source", "foundation_source", "load_engine", "local_path", "weightless_engine"]
 
 
 class ModelFilesUnavailable(Exception):
@@ -63,25 +63,26 @@ def body_format(source: ModelSource) -> str:
     return source.body_format or ("titan-embed" if source.kind == KIND_EMBEDDING else "meta-llama")
 
 
-def test_engine(source: ModelSource):
-    """The engine of `source` when a test model answers for it (engine/stub_models.py: a
-    TestTextModel or TestEmbeddingModel with the alias's faults), else None. Builds at once."""
+def weightless_engine(source: ModelSource):
+    """The engine of `source` when it has no weights to load (a stub model answers for it,
+    engine/stub_models.py: a StubTextModel or StubEmbeddingModel with the alias's faults), else None.
+    Builds at once."""
     if not source.foundation_model_id:
         return None
     model = find_foundation_model(source.foundation_model_id)
     if model is None or not is_test_model(model):
         return None
-    from bedrock_local.engine import stub_models as test_models
+    from bedrock_local.engine import stub_models
 
-    return test_models.engine_for(model.kind, model.model_id, model.faults)
+    return stub_models.engine_for(model.kind, model.model_id, model.faults)
 
 
 def load_engine(source: ModelSource, settings: Settings, objects: ObjectStore, load: Callable[[Path], Any]):
-    """The engine that runs `source`: a test model's engine directly (nothing fetched, nothing
+    """The engine that runs `source`: a stub model's engine directly (nothing fetched, nothing
     loaded), else `load(path)` of its weights on local disk (`local_path`; a failure to fetch
     them is ModelFilesUnavailable). Batch jobs load through the worker's model cache, serving
     nodes into a continuous batcher: each passes its own `load`."""
-    engine = test_engine(source)
+    engine = weightless_engine(source)
     if engine is not None:
         return engine
     try:

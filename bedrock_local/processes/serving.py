@@ -1,23 +1,11 @@
-"""A serving node: the process that keeps models loaded and answers bedrock-runtime requests.
+"""A serving node: the process that keeps models loaded and answers bedrock-runtime requests on a
+local TCP port (node_protocol.py), registered in the `serving_nodes` table while it lives.
 
-`bedrock-local serve` starts one (or `--serving-workers N`); the API process never loads a model.
-A node listens on a local TCP port (node_protocol.py), registers that endpoint in the
-`serving_nodes` table and renews it while it lives. It serves two kinds of model:
-
-- deployments: it claims `model-deployment` jobs (jobs/lease.py) and holds each one's lease for as
-  long as it serves it. Claiming loads the custom model, checks it answers one request, and moves
-  the deployment Creating -> Active (or Failed, with the reason). Each heartbeat renews the lease and
-  reads the deployment: an update (`updateDetails.updateStatus` Updating) loads the new model beside
-  the old one and switches over only once the new one answers, so no request fails; the old one
-  finishes its running requests first. A deleted deployment (its job is gone) is unloaded. If the
-  node dies, the lease runs out and another node takes the deployment over.
-- on-demand models (foundation models, imported models invoked by ARN): loaded on first use and
-  kept, least recently used dropped first when the memory budget is reached.
-
-Text models are served by a ContinuousBatcher (engine/continuous.py): concurrent requests share
-decoding steps. Embedding models answer each request as it comes, in a thread. The test models
-(engine/stub_models.py) load nothing and answer on the node's event loop; the faults they inject
-(InjectedFault: throttling, model errors, ...) go back as error lines naming their exception.
+It serves deployments, whose jobs it claims and runs through their handler
+(jobs/handlers/deployment.py: load, check, Active) and keeps while it holds their lease, and
+on-demand models (foundation models by id or ARN), loaded on first use and dropped least recently
+used first when the memory budget is reached. How deployments move between nodes, update and
+unload: docs/serving.md.
 """
 
 from __future__ import annotations
@@ -28,130 +16,32 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 import traceback
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from bedrock_local.engine.stub_models import InjectedFault, is_test_engine
-from bedrock_local.jobs import lease
-from bedrock_local.jobs.lifecycle import move
-from bedrock_local.jobs.protocol import MAX_ATTEMPTS
-from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelFilesUnavailable, ModelSource, load_engine
 from bedrock_local import node_protocol as protocol
+from bedrock_local.engine.errors import ModelCallError
+from bedrock_local.engine.formats import EmbeddingRequest, FormatError, TextRequest
+from bedrock_local.jobs.handlers.deployment import DeploymentHandler, LoadFailed, Served, load_served
+from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelSource
+from bedrock_local.jobs.protocol import JobContext
 from bedrock_local.settings import Settings
 from bedrock_local.storage import open_object_store
 from bedrock_local.store import nodes
 from bedrock_local.store.database import open_database
-from bedrock_local.store.resources import update as update_resource
-from bedrock_local.store.schema import Resource
 
 log = logging.getLogger("bedrock_local.serving")
-
-DEPLOYMENT_JOB = "model-deployment"
-UPDATING, UPDATE_COMPLETED, UPDATE_FAILED = "Updating", "UpdateCompleted", "UpdateFailed"
-SMOKE_TIMEOUT = 600.0  # seconds the first answer of a freshly loaded model may take
-
-
-class LoadFailed(Exception):
-    """A model could not be loaded or did not answer; the message says why."""
-
-
-class Served:
-    """One loaded model: a continuous batcher for a text model, an embedder for an embedding one."""
-
-    def __init__(self, source: ModelSource, engine, kind: str):
-        self.source = source
-        self.engine = engine
-        self.kind = kind
-        self.size = 0
-
-    def close(self, drain: bool = True) -> None:
-        if self.kind != KIND_EMBEDDING:
-            self.engine.close(drain=drain)
-
-
-def load_served(source: ModelSource, settings: Settings, objects) -> Served:
-    """Fetch the weights, load the model and check that it answers (blocking: run it in a thread).
-    A test model (engine/stub_models.py) is built at once: nothing to fetch, load or check."""
-    try:
-        engine = load_engine(source, settings, objects, lambda path: _load_weights(source, path))
-    except ModelFilesUnavailable as exc:
-        raise LoadFailed(f"The model's files could not be fetched: {exc}") from exc
-    served = Served(source, engine, KIND_EMBEDDING if source.kind == KIND_EMBEDDING else "text")
-    if is_test_engine(engine):
-        return served
-    from bedrock_local.engine.model_cache import model_bytes
-
-    if source.kind == KIND_EMBEDDING:
-        served.size = model_bytes(engine.model)
-        return served
-    _check_answers(engine)
-    served.size = model_bytes(engine.model)
-    return served
-
-
-def _load_weights(source: ModelSource, path):
-    """An Embedder (checked with one request) or a started ContinuousBatcher for the weights at `path`."""
-    import torch
-
-    from bedrock_local.engine.formats import EmbeddingRequest
-    from bedrock_local.engine.generation import default_device
-
-    device = default_device()
-    try:
-        if source.kind == KIND_EMBEDDING:
-            from bedrock_local.engine.embeddings import Embedder
-            from bedrock_local.engine.loading import load_embedding_model
-
-            embedder = Embedder(load_embedding_model(path, device=device), device=device)
-            embedder.embed([EmbeddingRequest(text="ping")])
-            return embedder
-        from bedrock_local.engine.continuous import ContinuousBatcher
-        from bedrock_local.engine.loading import load_causal_lm
-
-        model, tokenizer = load_causal_lm(path, dtype=torch.float32, device=device)
-        batcher = ContinuousBatcher(model, tokenizer, device=device)
-        batcher.start()
-        return batcher
-    except Exception as exc:
-        raise LoadFailed(f"The model could not be loaded: {exc}") from exc
-
-
-def _check_answers(batcher) -> None:
-    """A freshly loaded text model must answer one request (else it is closed and LoadFailed)."""
-    from bedrock_local.engine.continuous import Failed, Finished
-    from bedrock_local.engine.formats import TextRequest
-
-    answered = threading.Event()
-    outcome: list = []
-
-    def on_event(event):
-        if isinstance(event, (Finished, Failed)):
-            outcome.append(event)
-            answered.set()
-
-    try:
-        batcher.submit(TextRequest(messages=None, prompt="Hello", system=None, max_tokens=1, temperature=0.0,
-                                   top_p=1.0), on_event)
-    except Exception as exc:
-        batcher.close(drain=False)
-        raise LoadFailed(f"The model loaded but cannot take a request: {exc}") from exc
-    if not answered.wait(SMOKE_TIMEOUT) or not isinstance(outcome[0], Finished):
-        batcher.close(drain=False)
-        why = outcome[0].message if outcome else f"no answer within {SMOKE_TIMEOUT:.0f} s"
-        raise LoadFailed(f"The model loaded but did not answer a test request: {why}")
 
 
 @dataclass
 class Deployment:
-    job_pk: int
-    resource_pk: int
+    ctx: JobContext  # its job, claimed by this node
     arn: str
     served: Served
-    updating_to: dict | None = None  # the source being loaded for an update
+    updating_to: ModelSource | None = None  # the model being loaded for an update
     lost: bool = False
 
 
@@ -169,10 +59,18 @@ class ServingNode:
         self.objects = open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
         self.node_id = f"serving:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.endpoint: str | None = None
+        self.handler = DeploymentHandler()
         self.deployments: dict[str, Deployment] = {}  # by deployment ARN
         self.on_demand: OrderedDict[str, _OnDemand] = OrderedDict()  # by model reference
         self.stopping: asyncio.Event | None = None
-        self.loading_jobs: set[int] = set()
+        self.loading: dict[int, JobContext] = {}  # deployment jobs whose model is loading, by job
+        self.background: set[asyncio.Task] = set()  # the event loop keeps only weak references to tasks
+
+    def _start_task(self, coroutine) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     # ---- life ------------------------------------------------------------------------------
     async def run(self, parent_pid: int | None = None) -> None:
@@ -186,11 +84,11 @@ class ServingNode:
         self.endpoint = f"{self.host}:{port}"
         await asyncio.to_thread(self._register)
         log.info("serving node %s listening on %s", self.node_id, self.endpoint)
-        tasks = [asyncio.create_task(self._claim_loop()), asyncio.create_task(self._heartbeat_loop(parent_pid))]
+        loops = [self._start_task(self._claim_loop()), self._start_task(self._heartbeat_loop(parent_pid))]
         try:
             await self.stopping.wait()
         finally:
-            for task in tasks:
+            for task in loops:
                 task.cancel()
             server.close()
             await asyncio.to_thread(self._unregister)
@@ -213,83 +111,30 @@ class ServingNode:
         with contextlib.suppress(Exception), self.db.session() as session, session.begin():
             nodes.remove(session, self.node_id)
             for deployment in self.deployments.values():
-                lease.release(session, deployment.job_pk, self.node_id)
+                self.handler.release(session, deployment.ctx)
 
     # ---- deployments -----------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while True:
             try:
-                claim = await asyncio.to_thread(lease.claim, self.db, self.node_id, self.settings.lease_seconds,
-                                                (DEPLOYMENT_JOB,))
+                ctx = await asyncio.to_thread(self.handler.claim, self.db, self.objects, self.settings, self.node_id)
             except Exception:
                 log.warning("claiming a deployment failed: %s", traceback.format_exc(limit=1))
-                claim = None
-            if claim is None:
+                ctx = None
+            if ctx is None:
                 await asyncio.sleep(self.settings.poll_seconds)
                 continue
-            asyncio.create_task(self._start_deployment(claim))
+            self._start_task(self._start_deployment(ctx))
 
-    def _read_deployment(self, resource_pk: int) -> tuple[str, str, dict] | None:
-        with self.db.read_session() as session:
-            resource = session.get(Resource, resource_pk)
-            if resource is None:
-                return None
-            return resource.arn, resource.status, dict(resource.body)
-
-    async def _start_deployment(self, claim: lease.Claim) -> None:
-        self.loading_jobs.add(claim.job_pk)
+    async def _start_deployment(self, ctx: JobContext) -> None:
+        self.loading[ctx.claim.job_pk] = ctx
         try:
-            found = await asyncio.to_thread(self._read_deployment, claim.resource_pk)
-            if found is None or found[1] == "Failed":
-                await asyncio.to_thread(self._finish_job, claim.job_pk)
-                return
-            arn, status, body = found
-            if claim.attempts > MAX_ATTEMPTS:
-                await asyncio.to_thread(self._fail_deployment, claim, (
-                    f"The serving node loading this model was lost {claim.attempts - 1} times (crashed or killed, "
-                    "perhaps out of memory); it was not tried again."))
-                return
-            source = ModelSource.from_json(body["_source"])
-            log.info("deployment %s: loading %s", arn, source.reference)
-            try:
-                served = await asyncio.to_thread(load_served, source, self.settings, self.objects)
-            except LoadFailed as exc:
-                log.warning("deployment %s failed: %s", arn, exc)
-                await asyncio.to_thread(self._fail_deployment, claim, str(exc))
-                return
-            if not await asyncio.to_thread(self._activate, claim):
-                served.close(drain=False)  # deleted, or taken over, while it loaded
-                return
-            self.deployments[arn] = Deployment(claim.job_pk, claim.resource_pk, arn, served)
-            log.info("deployment %s: Active", arn)
+            started = await asyncio.to_thread(self.handler.run, ctx)
         finally:
-            self.loading_jobs.discard(claim.job_pk)
-
-    def _owned_resource(self, session, job_pk: int, resource_pk: int) -> Resource | None:
-        if not lease.still_owned(session, job_pk, self.node_id):
-            return None
-        return session.get(Resource, resource_pk)
-
-    def _activate(self, claim: lease.Claim) -> bool:
-        with self.db.session() as session, session.begin():
-            resource = self._owned_resource(session, claim.job_pk, claim.resource_pk)
-            if resource is None:
-                return False
-            if resource.status == "Creating":
-                move(resource, "Active")
-            return True
-
-    def _fail_deployment(self, claim: lease.Claim, message: str) -> None:
-        with self.db.session() as session, session.begin():
-            resource = self._owned_resource(session, claim.job_pk, claim.resource_pk)
-            if resource is None:
-                return
-            move(resource, "Failed", failureMessage=message[:2048])
-            lease.finish(session, claim.job_pk, self.node_id)
-
-    def _finish_job(self, job_pk: int) -> None:
-        with self.db.session() as session, session.begin():
-            lease.finish(session, job_pk, self.node_id)
+            self.loading.pop(ctx.claim.job_pk, None)
+        if started is not None:
+            arn, served = started
+            self.deployments[arn] = Deployment(ctx, arn, served)
 
     async def _heartbeat_loop(self, parent_pid: int | None) -> None:
         interval = max(0.2, self.settings.lease_seconds / 5)
@@ -310,62 +155,30 @@ class ServingNode:
                              deployment.arn)
                     await asyncio.to_thread(deployment.served.close, True)
                 elif deployment.updating_to is None:
-                    pending = await asyncio.to_thread(self._pending_update, deployment)
+                    pending = await asyncio.to_thread(self.handler.pending_update, deployment.ctx)
                     if pending is not None:
                         deployment.updating_to = pending
-                        asyncio.create_task(self._update(deployment, ModelSource.from_json(pending)))
+                        self._start_task(self._update(deployment, pending))
 
     def _beat(self) -> None:
         with self.db.session() as session, session.begin():
             if not nodes.renew(session, self.node_id, self._ttl()):
                 nodes.register(session, self.node_id, self.endpoint, self._ttl())
-        for job_pk in list(self.loading_jobs):
-            lease.heartbeat(self.db, job_pk, self.node_id, self.settings.lease_seconds)
+        for ctx in list(self.loading.values()):
+            self.handler.renew(ctx)
         for deployment in list(self.deployments.values()):
-            ours, _ = lease.heartbeat(self.db, deployment.job_pk, self.node_id, self.settings.lease_seconds)
-            if not ours:
+            if not self.handler.renew(deployment.ctx):
                 deployment.lost = True
-
-    def _pending_update(self, deployment: Deployment) -> dict | None:
-        found = self._read_deployment(deployment.resource_pk)
-        if found is None:
-            return None
-        body = found[2]
-        if (body.get("updateDetails") or {}).get("updateStatus") == UPDATING and body.get("_pendingSource"):
-            return body["_pendingSource"]
-        return None
 
     async def _update(self, deployment: Deployment, source: ModelSource) -> None:
         log.info("deployment %s: updating to %s", deployment.arn, source.reference)
-        try:
-            served = await asyncio.to_thread(load_served, source, self.settings, self.objects)
-        except LoadFailed as exc:
-            log.warning("deployment %s: update failed: %s", deployment.arn, exc)
-            await asyncio.to_thread(self._record_update, deployment, source, str(exc))
-            deployment.updating_to = None
-            return
-        if not await asyncio.to_thread(self._record_update, deployment, source, None):
-            served.close(drain=False)
-            deployment.updating_to = None
+        served = await asyncio.to_thread(self.handler.update, deployment.ctx, source)
+        deployment.updating_to = None
+        if served is None:
             return
         old, deployment.served = deployment.served, served  # new requests go to the new model from here
-        deployment.updating_to = None
         log.info("deployment %s: now serving %s", deployment.arn, source.reference)
         await asyncio.to_thread(old.close, True)  # the old model finishes what it was doing
-
-    def _record_update(self, deployment: Deployment, source: ModelSource, failure: str | None) -> bool:
-        with self.db.session() as session, session.begin():
-            resource = self._owned_resource(session, deployment.job_pk, deployment.resource_pk)
-            if resource is None:
-                return False
-            if failure is not None:
-                update_resource(resource, updateDetails={"modelArn": source.reference, "updateStatus": UPDATE_FAILED},
-                                failureMessage=failure[:2048], _pendingSource=None)
-                return True
-            resource.ref_arn = source.reference
-            update_resource(resource, updateDetails={"modelArn": source.reference, "updateStatus": UPDATE_COMPLETED},
-                            _source=source.to_json(), _pendingSource=None, failureMessage=None)
-            return True
 
     # ---- on-demand models ------------------------------------------------------------------
     async def _on_demand(self, source: ModelSource) -> Served:
@@ -439,34 +252,27 @@ class ServingNode:
             await self._answer_text(served, message, reader, writer)
 
     async def _answer_embedding(self, served: Served, request: dict, writer) -> None:
-        from bedrock_local.engine.formats import EmbeddingRequest
-
         if served.kind != KIND_EMBEDDING:
             reply = protocol.error("ValidationException", "This model generates text; it cannot embed.")
-        elif is_test_engine(served.engine):  # microseconds: answered here, its faults as their exceptions
-            reply = self._test_embedding(served.engine, [EmbeddingRequest(**item) for item in request["items"]])
         else:
             items = [EmbeddingRequest(**item) for item in request["items"]]
-            results = await asyncio.to_thread(served.engine.embed, items)
-            reply = {"done": {"results": [{"vector": r.vector, "input_tokens": r.input_tokens} for r in results]}}
+            # a runtime call goes to the engine's `invoke` where it has one (an engine that counts its
+            # calls apart from a batch job's records), else to `embed`
+            call = getattr(served.engine, "invoke", None) or served.engine.embed
+            try:
+                if getattr(served.engine, "answers_inline", False):  # no weights: nothing to wait for
+                    results = call(items)
+                else:
+                    results = await asyncio.to_thread(call, items)
+            except (FormatError, ModelCallError) as exc:
+                reply = _refused(exc)
+            else:
+                reply = {"done": {"results": [{"vector": r.vector, "input_tokens": r.input_tokens} for r in results]}}
         writer.write(protocol.encode(reply))
         await writer.drain()
 
-    @staticmethod
-    def _test_embedding(engine, items) -> dict:
-        from bedrock_local.engine.formats import FormatError
-
-        try:
-            results = engine.invoke(items)
-        except InjectedFault as fault:
-            return protocol.error(fault.code, fault.message)
-        except FormatError as exc:
-            return protocol.error("ValidationException", str(exc))
-        return {"done": {"results": [{"vector": r.vector, "input_tokens": r.input_tokens} for r in results]}}
-
     async def _answer_text(self, served: Served, message: dict, reader, writer) -> None:
         from bedrock_local.engine.continuous import Failed, Finished, TextDelta
-        from bedrock_local.engine.formats import FormatError, TextRequest
 
         if served.kind == KIND_EMBEDDING:
             writer.write(protocol.encode(protocol.error("ValidationException",
@@ -481,12 +287,8 @@ class ServingNode:
                 submission = served.engine.submit(TextRequest(**message["request"]),
                                                   lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
                 break
-            except FormatError as exc:
-                writer.write(protocol.encode(protocol.error("ValidationException", str(exc))))
-                await writer.drain()
-                return
-            except InjectedFault as fault:  # a test model's fault: the exception it names
-                writer.write(protocol.encode(protocol.error(fault.code, fault.message)))
+            except (FormatError, ModelCallError) as exc:
+                writer.write(protocol.encode(_refused(exc)))
                 await writer.drain()
                 return
             except RuntimeError:  # this batcher is closing: an update has just switched to another model
@@ -521,6 +323,14 @@ class ServingNode:
                 await writer.drain()
         finally:
             gone.cancel()
+
+
+def _refused(exc: Exception) -> dict:
+    """The error line of a request the model refused before answering: one its body format rules
+    out (FormatError: ValidationException), or a ModelCallError as the exception it names."""
+    if isinstance(exc, ModelCallError):
+        return protocol.error(exc.code, exc.message)
+    return protocol.error("ValidationException", str(exc))
 
 
 def node_main(settings: Settings, threads: int | None = None, parent_pid: int | None = None) -> None:

@@ -1,15 +1,23 @@
 """Pieces every resource family uses: ids and ARNs, identifiers given by ARN or id or name,
-signed pagination tokens, idempotent creates, tag lists and creation-time filters."""
+idempotent creates, tag lists, a resource as an answer, and List operations (their filters, summaries
+and signed pagination tokens, read from the service model)."""
 
 import base64
 import datetime
+import functools
 import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from operator import attrgetter
 
+from botocore.model import Shape
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import QueryableAttribute
 
+from bedrock_local.service.aws_model import load_service_model, paginators
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import (ConflictException, ResourceNotFoundException, TooManyTagsException,
                                           ValidationException)
@@ -95,26 +103,18 @@ def check_tag_limit(count: int, arn: str | None = None) -> None:
             **({"resourceName": arn} if arn else {}))
 
 
-def creation_time_filters(params: dict) -> list:
-    conditions = []
-    if params.get("creationTimeAfter") is not None:
-        conditions.append(Resource.created_at > params["creationTimeAfter"])
-    if params.get("creationTimeBefore") is not None:
-        conditions.append(Resource.created_at < params["creationTimeBefore"])
-    return conditions
-
-
 class Pager:
     """Keyset pagination with tokens signed for one caller, one operation and one set of filters."""
 
-    def __init__(self, ctx: Context, operation: str, params: dict, filter_names: list[str]):
+    def __init__(self, ctx: Context, operation: str, params: dict, filter_names: Iterable[str], *, limit_key: str,
+                 input_token: str):
         self.ctx = ctx
-        self.limit = params.get("maxResults") or DEFAULT_PAGE
+        self.limit = params.get(limit_key) or DEFAULT_PAGE
         self.descending = params.get("sortOrder", "Descending") == "Descending"
         view = {name: params.get(name) for name in sorted(filter_names)}
         view.update(op=operation, account=ctx.account, region=ctx.region, desc=self.descending)
         self.fingerprint = hashlib.sha256(json.dumps(view, sort_keys=True, default=str).encode()).hexdigest()[:24]
-        self.after = self._read(params.get("nextToken"))
+        self.after = self._read(params.get(input_token))
 
     def _sign(self, payload: bytes) -> str:
         return hmac.new(self.ctx.db.token_secret(), payload, hashlib.sha256).hexdigest()[:32]
@@ -136,12 +136,8 @@ class Pager:
                 "The nextToken is not valid for this request: pass the token from the previous page "
                 "of the same List call, with the same filters and sort order.")
 
-    def page(self, session, kind: str, conditions: list) -> tuple[list[Resource], str | None]:
-        return self._cut(resources.page(session, self.ctx.scope, kind, conditions, descending=self.descending,
-                                        limit=self.limit + 1, after=self.after))
-
     def read_page(self, kind: str, conditions: list) -> tuple[list[resources.ResourceRow], str | None]:
-        """`page` for an answer: rows read without a session."""
+        """The page of `kind` that the token points at, and the token of the next one: rows read without a session."""
         return self._cut(resources.read_page(self.ctx.db, self.ctx.scope, kind, conditions,
                                              descending=self.descending, limit=self.limit + 1, after=self.after))
 
@@ -158,3 +154,93 @@ class Pager:
 def public(body: dict) -> dict:
     """A stored body without its private (underscore) members."""
     return {k: v for k, v in body.items() if not k.startswith("_")}
+
+
+def as_answer(resource: Resource | resources.ResourceRow, columns: dict[str, str]) -> dict:
+    """A resource as a Get answers it: the public members of its body, and the members that are its
+    columns (`columns`: member -> column attribute, e.g. {"jobArn": "arn"})."""
+    answer = public(resource.body)
+    answer.update({member: getattr(resource, column) for member, column in columns.items()})
+    return answer
+
+
+# The columns the filters of most List operations compare, beside the module's own table; a timestamp
+# filter (creationTimeAfter, submitTimeBefore, createdAfter, ...) compares the creation time.
+SHARED_FILTERS = {"nameContains": Resource.name, "statusEquals": Resource.status}
+FilterRule = QueryableAttribute | Callable  # a column to compare, or value -> condition (None: no condition)
+
+
+@dataclass(frozen=True)
+class ListShape:
+    """A List operation as the service model describes it."""
+
+    filters: dict[str, Shape]  # the request members that choose and order resources: not the token, size or order
+    limit_key: str
+    input_token: str
+    output_token: str
+    result_key: str
+    summary_members: tuple[str, ...]  # the members of one item of the result list
+
+
+@functools.cache
+def list_shape(operation: str) -> ListShape:
+    paging = paginators("bedrock")[operation]
+    model = load_service_model("bedrock").operation_model(operation)
+    not_filters = {paging["input_token"], paging["limit_key"], "sortOrder"}
+    return ListShape(
+        filters={name: shape for name, shape in model.input_shape.members.items() if name not in not_filters},
+        limit_key=paging["limit_key"], input_token=paging["input_token"], output_token=paging["output_token"],
+        result_key=paging["result_key"],
+        summary_members=tuple(model.output_shape.members[paging["result_key"]].member.members))
+
+
+def filter_rules(operation: str, columns: dict[str, FilterRule]) -> dict[str, FilterRule | None]:
+    """Each filter member of `operation` with its rule (None where bedrock-local has none). sortBy has
+    one value, CreationTime, the order every page is in: it filters nothing."""
+    rules = {**SHARED_FILTERS, **columns}
+    return {name: rules.get(name, Resource.created_at if _is_time_bound(name, shape) else None)
+            for name, shape in list_shape(operation).filters.items() if name != "sortBy"}
+
+
+def _is_time_bound(name: str, shape: Shape) -> bool:
+    return shape.type_name == "timestamp" and name.endswith(("After", "Before"))
+
+
+def _condition(name: str, shape: Shape, rule: FilterRule | None, value):
+    if rule is None:
+        raise ValidationException(f"The filter {name} is not supported by bedrock-local.")
+    if not isinstance(rule, QueryableAttribute):
+        return rule(value)
+    if _is_time_bound(name, shape):
+        return rule > value if name.endswith("After") else rule < value
+    if value == "":  # an empty string filters nothing out
+        return None
+    return rule.contains(value, autoescape=True) if name.endswith("Contains") else rule == value
+
+
+def list_resources(ctx: Context, params: dict, operation: str, kind: str, columns: dict[str, str], *,
+                   filters: dict[str, FilterRule] | None = None, body_names: dict[str, str] | None = None,
+                   left_out: tuple[str, ...] = ()) -> dict:
+    """A List operation over the caller's resources of `kind`, newest first unless sortOrder says
+    otherwise. The service model names the filters, the summary members and the paging members;
+    the caller gives what it cannot say: the column of each filter beyond SHARED_FILTERS (`filters`),
+    the summary members that are columns (`columns`, as for `as_answer`), the body member a summary
+    member is stored as where the names differ (`body_names`), and members a summary leaves out."""
+    shape = list_shape(operation)
+    conditions = []
+    for name, rule in filter_rules(operation, filters or {}).items():
+        value = params.get(name)
+        if value is not None and (condition := _condition(name, shape.filters[name], rule, value)) is not None:
+            conditions.append(condition)
+    pager = Pager(ctx, operation, params, shape.filters, limit_key=shape.limit_key, input_token=shape.input_token)
+    rows, token = pager.read_page(kind, conditions)
+    body_names = body_names or {}
+    readers = [(member, attrgetter(columns[member]) if member in columns
+                else _body_reader(body_names.get(member, member)))
+               for member in shape.summary_members if member not in left_out]
+    return {shape.result_key: [{member: read(row) for member, read in readers} for row in rows],
+            shape.output_token: token}
+
+
+def _body_reader(name: str) -> Callable:
+    return lambda row: row.body.get(name)

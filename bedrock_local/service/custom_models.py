@@ -5,8 +5,8 @@ from sqlalchemy import false
 
 from bedrock_local.jobs import lease
 from bedrock_local.jobs.artifacts import model_location
-from bedrock_local.service.common import (find_in_scope, Pager, creation_time_filters, idempotent_replay, insert_unique,
-                                          make_arn, new_id, public, request_hash)
+from bedrock_local.service.common import (as_answer, find_in_scope, idempotent_replay, insert_unique, list_resources,
+                                          make_arn, new_id, request_hash)
 from bedrock_local.service.buckets import s3_location
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import ConflictException, ValidationException
@@ -19,6 +19,11 @@ from bedrock_local.store.schema import Resource
 
 KIND = "custom-model"
 DEPLOYMENT_KIND = "custom-model-deployment"
+COLUMNS = {"modelArn": "arn", "modelName": "name", "creationTime": "created_at", "modelStatus": "status"}
+FILTERS = {"baseModelArnEquals": Resource.ref_arn, "foundationModelArnEquals": Resource.origin_arn,
+           "modelStatus": Resource.status,
+           # no model is shared with an account here: every model is owned
+           "isOwned": lambda owned: None if owned else false()}
 
 
 def find_model(session, ctx: Context, identifier: str) -> Resource:
@@ -26,10 +31,7 @@ def find_model(session, ctx: Context, identifier: str) -> Resource:
 
 
 def describe(resource: Resource) -> dict:
-    body = public(resource.body)
-    body.update(modelArn=resource.arn, modelName=resource.name, creationTime=resource.created_at,
-                modelStatus=resource.status)
-    return body
+    return as_answer(resource, COLUMNS)
 
 
 @operation("CreateCustomModel")
@@ -46,8 +48,7 @@ def create_custom_model(ctx: Context, params: dict) -> dict:
     source = s3_location(ctx, params["modelSourceConfig"]["s3DataSource"]["s3Uri"],
                          "modelSourceConfig.s3DataSource.s3Uri")
     with ctx.db.session() as session, session.begin():
-        earlier = idempotent_replay(session, ctx, KIND, params)
-        if earlier is not None:
+        if (earlier := idempotent_replay(session, ctx, KIND, params)) is not None:
             return {"modelArn": earlier.arn}
         check_count(session, ctx, "model-import-jobs", KIND, job_kind="model-import",
                     what="custom models are being imported")
@@ -72,29 +73,7 @@ def get_custom_model(ctx: Context, params: dict) -> dict:
 
 @operation("ListCustomModels")
 def list_custom_models(ctx: Context, params: dict) -> dict:
-    conditions = creation_time_filters(params)
-    if params.get("nameContains"):
-        conditions.append(Resource.name.contains(params["nameContains"], autoescape=True))
-    if params.get("baseModelArnEquals"):
-        conditions.append(Resource.ref_arn == params["baseModelArnEquals"])
-    if params.get("foundationModelArnEquals"):
-        conditions.append(Resource.origin_arn == params["foundationModelArnEquals"])
-    if params.get("modelStatus"):
-        conditions.append(Resource.status == params["modelStatus"])
-    if params.get("isOwned") is False:
-        conditions.append(false())  # no model is shared with an account here: every model is owned
-    pager = Pager(ctx, "ListCustomModels", params, [
-        "creationTimeBefore", "creationTimeAfter", "nameContains", "baseModelArnEquals",
-        "foundationModelArnEquals", "isOwned", "modelStatus", "sortBy"])
-    with ctx.db.read_session() as session:
-        rows, token = pager.page(session, KIND, conditions)
-    summaries = []
-    for row in rows:
-        model = describe(row)
-        summaries.append({k: model.get(k) for k in (
-            "modelArn", "modelName", "creationTime", "baseModelArn", "baseModelName", "customizationType",
-            "ownerAccountId", "modelStatus")})
-    return {"modelSummaries": summaries, "nextToken": token}
+    return list_resources(ctx, params, "ListCustomModels", KIND, COLUMNS, filters=FILTERS)
 
 
 @operation("DeleteCustomModel")

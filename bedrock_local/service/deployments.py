@@ -11,8 +11,8 @@ its next heartbeat and unloads the model.
 """
 
 from bedrock_local.jobs import lease
-from bedrock_local.service.common import (Pager, find_in_scope, idempotent_replay, insert_unique, make_arn, new_id,
-                                          public, request_hash)
+from bedrock_local.service.common import (as_answer, find_in_scope, idempotent_replay, insert_unique, list_resources,
+                                          make_arn, new_id, request_hash)
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import DEPLOYMENT_KIND as KIND
 from bedrock_local.service.custom_models import find_model
@@ -25,6 +25,9 @@ from bedrock_local.store.schema import Resource
 
 JOB_KIND = "model-deployment"
 UPDATING, UPDATE_COMPLETED, UPDATE_FAILED = "Updating", "UpdateCompleted", "UpdateFailed"
+COLUMNS = {"customModelDeploymentArn": "arn", "modelDeploymentName": "name", "modelArn": "ref_arn",
+           "createdAt": "created_at", "status": "status", "lastUpdatedAt": "updated_at"}
+FILTERS = {"modelArnEquals": Resource.ref_arn}
 
 
 def find_deployment(session, ctx: Context, identifier: str) -> Resource:
@@ -42,17 +45,13 @@ def _deployable_source(session, ctx: Context, model_arn: str, member: str) -> Mo
 
 
 def describe(resource: Resource) -> dict:
-    body = public(resource.body)
-    body.update(customModelDeploymentArn=resource.arn, modelDeploymentName=resource.name, modelArn=resource.ref_arn,
-                createdAt=resource.created_at, status=resource.status, lastUpdatedAt=resource.updated_at)
-    return body
+    return as_answer(resource, COLUMNS)
 
 
 @operation("CreateCustomModelDeployment")
 def create_custom_model_deployment(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
-        earlier = idempotent_replay(session, ctx, KIND, params)
-        if earlier is not None:
+        if (earlier := idempotent_replay(session, ctx, KIND, params)) is not None:
             return {"customModelDeploymentArn": earlier.arn}
         source = _deployable_source(session, ctx, params["modelArn"], "modelArn")
         check_count(session, ctx, "deployments", KIND, what="custom model deployments exist")
@@ -78,28 +77,8 @@ def get_custom_model_deployment(ctx: Context, params: dict) -> dict:
 
 @operation("ListCustomModelDeployments")
 def list_custom_model_deployments(ctx: Context, params: dict) -> dict:
-    conditions = []
-    if params.get("createdAfter") is not None:
-        conditions.append(Resource.created_at > params["createdAfter"])
-    if params.get("createdBefore") is not None:
-        conditions.append(Resource.created_at < params["createdBefore"])
-    if params.get("nameContains"):
-        conditions.append(Resource.name.contains(params["nameContains"], autoescape=True))
-    if params.get("statusEquals"):
-        conditions.append(Resource.status == params["statusEquals"])
-    if params.get("modelArnEquals"):
-        conditions.append(Resource.ref_arn == params["modelArnEquals"])
-    pager = Pager(ctx, "ListCustomModelDeployments", params,
-                  ["createdBefore", "createdAfter", "nameContains", "statusEquals", "modelArnEquals", "sortBy"])
-    with ctx.db.read_session() as session:
-        rows, token = pager.page(session, KIND, conditions)
-    summaries = []
-    for row in rows:
-        deployment = describe(row)
-        summaries.append({"customModelDeploymentArn": row.arn, "customModelDeploymentName": row.name,
-                          **{k: deployment.get(k) for k in ("modelArn", "createdAt", "status", "lastUpdatedAt",
-                                                            "failureMessage")}})
-    return {"modelDeploymentSummaries": summaries, "nextToken": token}
+    return list_resources(ctx, params, "ListCustomModelDeployments", KIND,
+                          {**COLUMNS, "customModelDeploymentName": "name"}, filters=FILTERS)
 
 
 @operation("UpdateCustomModelDeployment")

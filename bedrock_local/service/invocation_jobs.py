@@ -6,8 +6,8 @@ import datetime
 
 from bedrock_local.engine.catalog import KIND_EMBEDDING
 from bedrock_local.jobs import lease
-from bedrock_local.jobs.lifecycle import move
-from bedrock_local.service.common import (Pager, idempotent_replay, insert_unique, make_arn, new_id, public,
+from bedrock_local.jobs.lifecycle import is_final, move, unfinished_statuses
+from bedrock_local.service.common import (as_answer, idempotent_replay, insert_unique, list_resources, make_arn, new_id,
                                           request_hash)
 from bedrock_local.service.context import Context
 from bedrock_local.service.buckets import s3_location
@@ -20,17 +20,15 @@ from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import Resource
 
 KIND = "model-invocation-job"
-FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
 NOT_STARTED = {"Submitted", "Validating", "Scheduled"}
-UNFINISHED = ("Submitted", "Validating", "Scheduled", "InProgress", "Stopping")  # count against the job quotas
+UNFINISHED = unfinished_statuses(KIND)  # Submitted ... Stopping: these count against the job quotas
 DEFAULT_TIMEOUT_HOURS = 24
+COLUMNS = {"jobArn": "arn", "jobName": "name", "status": "status", "submitTime": "created_at",
+           "lastModifiedTime": "updated_at"}
 
 
 def describe(resource: Resource) -> dict:
-    body = public(resource.body)
-    body.update(jobArn=resource.arn, jobName=resource.name, status=resource.status,
-                submitTime=resource.created_at, lastModifiedTime=resource.updated_at)
-    return body
+    return as_answer(resource, COLUMNS)
 
 
 def find_job(session, ctx: Context, identifier: str) -> Resource:
@@ -53,8 +51,7 @@ def create_model_invocation_job(ctx: Context, params: dict) -> dict:
     invocation_type = params.get("modelInvocationType", "InvokeModel")
     hours = params.get("timeoutDurationInHours", DEFAULT_TIMEOUT_HOURS)
     with ctx.db.session() as session, session.begin():
-        earlier = idempotent_replay(session, ctx, KIND, params)
-        if earlier is not None:
+        if (earlier := idempotent_replay(session, ctx, KIND, params)) is not None:
             return {"jobArn": earlier.arn}
         source = resolve_model_source(session, ctx, params["modelId"])
         if invocation_type == "Converse" and source.kind == KIND_EMBEDDING:
@@ -88,34 +85,19 @@ def get_model_invocation_job(ctx: Context, params: dict) -> dict:
 
 @operation("ListModelInvocationJobs")
 def list_model_invocation_jobs(ctx: Context, params: dict) -> dict:
-    conditions = []
-    if params.get("submitTimeAfter") is not None:
-        conditions.append(Resource.created_at > params["submitTimeAfter"])
-    if params.get("submitTimeBefore") is not None:
-        conditions.append(Resource.created_at < params["submitTimeBefore"])
-    if params.get("statusEquals"):
-        conditions.append(Resource.status == params["statusEquals"])
-    if params.get("nameContains"):
-        conditions.append(Resource.name.contains(params["nameContains"], autoescape=True))
-    pager = Pager(ctx, "ListModelInvocationJobs", params,
-                  ["submitTimeAfter", "submitTimeBefore", "statusEquals", "nameContains", "sortBy"])
-    with ctx.db.read_session() as session:
-        rows, token = pager.page(session, KIND, conditions)
-    return {"invocationJobSummaries": [describe(row) for row in rows], "nextToken": token}
+    return list_resources(ctx, params, "ListModelInvocationJobs", KIND, COLUMNS)
 
 
 @operation("StopModelInvocationJob")
 def stop_model_invocation_job(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
         job = find_job(session, ctx, params["jobIdentifier"])
-        if job.status in FINAL:
+        if is_final(job):
             raise ConflictException(f"The model invocation job '{job.name}' is already {job.status} and cannot be stopped.")
         if job.status == "Stopping":
             return {}
-        row = lease.job_for(session, job)
-        if job.status in NOT_STARTED and row is not None and row.state == "queued":
+        if job.status in NOT_STARTED and lease.cancel_queued(session, job):  # no worker took it yet: it ends here
             move(job, "Stopped", endTime=utcnow().isoformat(), message="The job was stopped before it started.")
-            row.state = "done"
         else:
             move(job, "Stopping")
             lease.request_stop(session, job)

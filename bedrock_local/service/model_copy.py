@@ -6,8 +6,8 @@ import re
 
 from bedrock_local.jobs import lease
 from bedrock_local.jobs.artifacts import model_location
-from bedrock_local.service.common import (Pager, creation_time_filters, idempotent_replay, insert_unique,
-                                          make_arn, new_id, parse_arn, public, request_hash)
+from bedrock_local.service.common import (as_answer, idempotent_replay, insert_unique, list_resources, make_arn,
+                                          new_id, parse_arn, request_hash)
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import KIND as MODEL_KIND
 from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
@@ -22,6 +22,9 @@ _CUSTOM_MODEL_PATH = re.compile(r"custom-model/(?P<path>.+)/(?P<id>[a-z0-9]{12})
 _LINEAGE = ("baseModelArn", "baseModelName", "customizationType", "hyperParameters", "trainingDataConfig",
             "validationDataConfig", "outputDataConfig", "trainingMetrics", "validationMetrics",
             "customizationConfig", "jobName", "jobArn")
+COLUMNS = {"jobArn": "arn", "status": "status", "creationTime": "created_at"}
+FILTERS = {"sourceAccountEquals": Resource.ref_account, "sourceModelArnEquals": Resource.ref_arn,
+           "targetModelNameContains": Resource.name}
 
 
 def _kms_key_arn(ctx: Context, key: str | None) -> str | None:
@@ -50,16 +53,13 @@ def _source_model(session, ctx: Context, arn: str) -> Resource:
 
 
 def describe(resource: Resource) -> dict:
-    body = public(resource.body)
-    body.update(jobArn=resource.arn, status=resource.status, creationTime=resource.created_at)
-    return body
+    return as_answer(resource, COLUMNS)
 
 
 @operation("CreateModelCopyJob")
 def create_model_copy_job(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
-        earlier = idempotent_replay(session, ctx, KIND, params)
-        if earlier is not None:
+        if (earlier := idempotent_replay(session, ctx, KIND, params)) is not None:
             return {"jobArn": earlier.arn}
         source = _source_model(session, ctx, params["sourceModelArn"])
         check_count(session, ctx, "custom-models", MODEL_KIND, what="custom models exist")
@@ -101,18 +101,4 @@ def get_model_copy_job(ctx: Context, params: dict) -> dict:
 
 @operation("ListModelCopyJobs")
 def list_model_copy_jobs(ctx: Context, params: dict) -> dict:
-    conditions = creation_time_filters(params)
-    if params.get("statusEquals"):
-        conditions.append(Resource.status == params["statusEquals"])
-    if params.get("sourceAccountEquals"):
-        conditions.append(Resource.ref_account == params["sourceAccountEquals"])
-    if params.get("sourceModelArnEquals"):
-        conditions.append(Resource.ref_arn == params["sourceModelArnEquals"])
-    if params.get("targetModelNameContains"):
-        conditions.append(Resource.name.contains(params["targetModelNameContains"], autoescape=True))
-    pager = Pager(ctx, "ListModelCopyJobs", params, [
-        "creationTimeAfter", "creationTimeBefore", "statusEquals", "sourceAccountEquals",
-        "sourceModelArnEquals", "targetModelNameContains", "sortBy"])
-    with ctx.db.read_session() as session:
-        rows, token = pager.page(session, KIND, conditions)
-    return {"modelCopyJobSummaries": [describe(row) for row in rows], "nextToken": token}
+    return list_resources(ctx, params, "ListModelCopyJobs", KIND, COLUMNS, filters=FILTERS)

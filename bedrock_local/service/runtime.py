@@ -1,14 +1,15 @@
 """The bedrock-runtime operations: Converse, ConverseStream, InvokeModel and
 InvokeModelWithResponseStream, on a deployment (by its ARN) or a foundation model (by id or ARN).
 
-Bodies are parsed and rendered by engine/formats.py, the same rules batch jobs use: Converse, and
-for InvokeModel the body format of the model's provider (Meta Llama for the packaged text model,
-Anthropic Messages for a Claude id, Titan, Mistral, Cohere Embed, ...; engine/aliases.py). The
-model runs on a serving node (processes/serving.py); these functions only resolve where, forward the
-request and shape the answer. A streaming operation returns its event stream as an async iterator
-of `{event name: event}` members; the api layer frames them as application/vnd.amazon.eventstream.
-Anything that goes wrong before the first event is an ordinary error response; after it, an
-exception event of the stream.
+`resolve_target` decides which serving node (processes/serving.py) answers a modelId: a deployment
+goes to the node holding its job's lease; a foundation model to a live node chosen by the model, so
+one node keeps one copy loaded. These functions resolve where, forward the request
+(service/node_client.py) and shape the answer; bodies are parsed and rendered by engine/formats, by
+the same rules batch jobs use: Converse, and for InvokeModel the body format of the model's provider
+(Meta Llama, Anthropic Messages, Titan, Mistral, Cohere Embed, ...; engine/aliases.py). A streaming
+operation returns its event stream as an async iterator of `{event name: event}` members; the api
+layer frames them as application/vnd.amazon.eventstream. Anything that goes wrong before the first
+event is an ordinary error response; after it, an exception event of the stream.
 """
 
 from __future__ import annotations
@@ -16,31 +17,37 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import zlib
 from collections.abc import AsyncIterator
 
-from bedrock_local.engine.formats import (KIND_EMBEDDING, EmbeddingResult, FormatError, InvokeRequest,
-                                          StreamRenderer, TextResult, invocation_metrics, parse_converse_body,
-                                          parse_invoke, render_converse_response, render_invoke)
-from bedrock_local.service.runtime_targets import NodeCall, Target, resolve_target
+from bedrock_local.engine.formats import (KIND_EMBEDDING, Converse, EmbeddingResult, FormatError, InvokeRequest,
+                                          StreamRenderer, TextResult, invocation_metrics, parse_invoke,
+                                          render_converse_response, render_invoke)
+from bedrock_local.jobs import lease
+from bedrock_local.jobs.model_sources import ModelSource, body_format
 from bedrock_local.service.context import Context
-from bedrock_local.service.errors import BedrockError, ValidationException
+from bedrock_local.service.custom_models import DEPLOYMENT_KIND
+from bedrock_local.service.errors import (BedrockError, ModelNotReadyException, ResourceNotFoundException,
+                                          ServiceUnavailableException, ValidationException)
+from bedrock_local.service.models import resolve_model_source
+from bedrock_local.service.node_client import NodeCall, Target
 from bedrock_local.service.registry import operation
+from bedrock_local.store import nodes, resources
 
-CONVERSE_MEMBERS = ("messages", "system", "inferenceConfig")
 UNSUPPORTED_CONVERSE = {
     "toolConfig": "tool use", "guardrailConfig": "guardrails", "promptVariables": "prompt variables",
     "additionalModelRequestFields": "additional model request fields", "outputConfig": "structured output",
 }
 JSON = "application/json"
+NODE_START_WAIT = 60.0  # seconds a request waits for the serving processes this server started
 
 
 def _converse_request(params: dict) -> dict:
     for member, what in UNSUPPORTED_CONVERSE.items():
         if params.get(member):
             raise ValidationException(f"This model doesn't support {what} ('{member}').")
-    body = {k: params[k] for k in CONVERSE_MEMBERS if k in params}
-    try:
-        return parse_converse_body(body, where="request").__dict__
+    try:  # the codec checked params against the Converse shape: only what the shape does not say is left
+        return Converse.parse(params, where="request", validated=True).__dict__
     except FormatError as exc:
         raise ValidationException(str(exc))
 
@@ -61,6 +68,54 @@ def _invoke_request(params: dict, target: Target) -> InvokeRequest:
         return parse_invoke(target.body_format, body, where="body")
     except FormatError as exc:
         raise ValidationException(str(exc))
+
+
+def resolve_target(ctx: Context, model_id: str) -> Target:
+    """The serving node that answers `model_id` and what it is told (blocking, database reads: run
+    it in a thread)."""
+    with ctx.db.read_session() as session:
+        live = nodes.live_endpoints(session)
+        if ":custom-model-deployment/" in model_id:
+            deployment = resources.find(session, ctx.scope, DEPLOYMENT_KIND, arn=model_id)
+            if deployment is None:
+                raise ResourceNotFoundException(f"The custom model deployment '{model_id}' does not exist.")
+            if deployment.status == "Creating":
+                raise ModelNotReadyException(
+                    f"The deployment '{deployment.name}' is still Creating: its model is being loaded. "
+                    "Retry once GetCustomModelDeployment shows it Active.")
+            if deployment.status != "Active":
+                raise ValidationException(
+                    f"The deployment '{deployment.name}' is {deployment.status} and cannot serve requests: "
+                    f"{deployment.body.get('failureMessage', '')}".rstrip(": "))
+            job = lease.job_for(session, deployment)
+            endpoint = live.get(job.lease_owner) if job is not None and job.state == "running" else None
+            if endpoint is None:
+                raise ModelNotReadyException(
+                    f"The deployment '{deployment.name}' is moving to another serving node; retry shortly.")
+            source = ModelSource.from_json(deployment.body["_source"])
+            return Target(endpoint, {"deployment": deployment.arn}, "text", body_format(source),
+                          source.foundation_model_id or deployment.arn)
+        source = resolve_model_source(session, ctx, model_id, custom_models=False)
+        if not live:
+            live = _wait_for_nodes(ctx)
+        endpoints = [live[node] for node in sorted(live)]
+        endpoint = endpoints[zlib.crc32(source.reference.encode()) % len(endpoints)]
+        return Target(endpoint, {"source": source.to_json()}, source.kind, body_format(source), source.reference)
+
+
+def _wait_for_nodes(ctx: Context) -> dict[str, str]:
+    """The live nodes, once one is up: a server that started its own serving processes gives them
+    NODE_START_WAIT to register; with none of its own it answers at once."""
+    deadline = time.monotonic() + (NODE_START_WAIT if ctx.settings.serving_workers else 0)
+    while True:
+        with ctx.db.read_session() as session:
+            live = nodes.live_endpoints(session)
+        if live:
+            return live
+        if time.monotonic() >= deadline:
+            raise ServiceUnavailableException(
+                "No serving node is running: start the server with --serving-workers 1 or more.")
+        time.sleep(0.2)
 
 
 async def _target(ctx: Context, model_id: str) -> Target:
@@ -179,7 +234,7 @@ async def invoke_model_with_response_stream(ctx: Context, params: dict) -> dict:
     call, first = await _text_call(ctx, params, lambda p: request.text.__dict__)
 
     async def events():
-        # the provider's own streamed chunks (engine/formats.py StreamRenderer): text as it comes; the
+        # the provider's own streamed chunks (engine/formats StreamRenderer): text as it comes; the
         # token counts, the stop reason and the invocation metrics at the end (the node tells the
         # counts only with the result)
         first_byte = None

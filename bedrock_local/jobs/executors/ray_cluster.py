@@ -6,12 +6,13 @@ compute to a Ray cluster.
   of records (checkpoints happen per window) that runs as a Ray Data pipeline: the window's batches,
   `map_batches` over a pool of model actors sized to the cluster's alive CPUs (or GPUs, one each), the
   output lines back to the driver in input order, which writes them exactly as the local path does. An
-  actor builds a plain RecordRunner (it loads the model once per window); the driver loads no model
-  (a test model loads nothing, so its job faults are found on the driver). A Ray node lost mid-window
+  actor builds the RecordRunner the handler gave (it loads the model once per window); the driver loads
+  no model. A model that ends the job at a record (a JobSignal) ends it there: the driver keeps the
+  lines before that record and drops the window's later ones. A Ray node lost mid-window
   fails the window's pipeline; the window then runs again on what is left of the cluster (its lines
   are only handed back once all of them are there: every record exactly once). A Stop or a lost lease
   ends a window between two batches.
-- Customization: `run_customization` runs CustomizationHandler.run itself (the same validation, data
+- Customization: `run_customization` runs the handler's own work (the same validation, data
   preparation, checkpoints, step metrics and publishing) inside a Ray Train TorchTrainer worker
   (`num_workers=1`, a GPU when the cluster has one), with a JobContext rebuilt there from a picklable
   description (settings, claim, worker id, checkpoint): it writes to the same database under the
@@ -30,6 +31,8 @@ import time
 import uuid
 import warnings
 
+from bedrock_local.engine.errors import JobSignal
+from bedrock_local.jobs.model_sources import weightless_engine
 from bedrock_local.jobs.protocol import JobContext, JobStopped, LeaseLost
 from bedrock_local.settings import Settings
 
@@ -37,11 +40,11 @@ log = logging.getLogger("bedrock_local.ray")
 
 # Records per window (one Ray Data pipeline each) when the environment does not say
 # (BEDROCK_LOCAL_RAY_WINDOW_RECORDS): per-actor batches x actors x batches per actor. Each window
-# starts its actors anew (~3 s on a 2-core machine, plus the model's load): a real model's window is
-# minutes of work; a test model's records take microseconds, so its windows are larger.
+# starts its actors anew (seconds, plus the model's load): a real model's window is minutes of work;
+# a model with no weights (engine/stub_models.py) answers in microseconds, so its windows are larger.
 WINDOW_ENV = "BEDROCK_LOCAL_RAY_WINDOW_RECORDS"
 WINDOW_BATCHES_PER_ACTOR = 16
-TEST_MODEL_WINDOW_BATCHES_PER_ACTOR = 128
+WEIGHTLESS_WINDOW_BATCHES_PER_ACTOR = 128
 WINDOW_ATTEMPTS = 4  # runs of one window before the job fails (a node lost each time)
 RETRY_PAUSE_SECONDS = 2.0
 TRAIN_ATTEMPTS = 3  # Ray Train runs of one customization job before it fails (its worker's node lost each time)
@@ -119,48 +122,56 @@ def _no_restarts() -> dict:
 
 class _ModelActor:
     """One model on one Ray worker: turns rows {start, payload: JSON list of records} into rows
-    {start, lines: JSON list of [output line, input tokens, output tokens]}."""
+    {start, lines: JSON list of [output line, input tokens, output tokens], ending: the JSON of the
+    JobSignal that cut the batch short, or ""}."""
 
-    def __init__(self, settings: Settings, source: dict, invocation_type: str, environment: dict):
-        from types import SimpleNamespace
-
+    def __init__(self, build, settings: Settings, source: dict, invocation_type: str, environment: dict):
         from bedrock_local.engine import aliases
-        from bedrock_local.jobs.handlers.batch_inference import RecordRunner
         from bedrock_local.jobs.model_sources import ModelSource
         from bedrock_local.storage import open_object_store
 
         os.environ.update(environment)
         aliases.install(settings.model_aliases)
         objects = open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
-        self.runner = RecordRunner(SimpleNamespace(settings=settings, objects=objects),
-                                   ModelSource.from_json(source), invocation_type)
+        self.runner = build(settings, objects, ModelSource.from_json(source), invocation_type)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        out = []
+        out, endings = [], []
         for start, payload, seed in zip(batch["start"], batch["payload"], batch["seed"]):
-            lines = self.runner.run(json.loads(payload), int(seed), int(start))
+            lines, ending = self.runner.run(json.loads(payload), int(seed), int(start))
             out.append(json.dumps([list(line) for line in lines], ensure_ascii=False))
-        return {"start": np.asarray(batch["start"]), "lines": np.array(out, dtype=object)}
+            endings.append(json.dumps(ending.to_json()) if ending is not None else "")
+        return {"start": np.asarray(batch["start"]), "lines": np.array(out, dtype=object),
+                "ending": np.array(endings, dtype=object)}
+
+
+class RayExecutor:
+    """Runs a handler's work on the Ray cluster at the worker's settings.ray_address (the executor
+    interface of jobs/executors/local.py)."""
+
+    def record_runner(self, ctx, build, source, invocation_type: str) -> "RayRecordRunner":
+        return RayRecordRunner(ctx, build, source, invocation_type)
+
+    def run_job(self, ctx: JobContext, run) -> None:
+        run_customization(ctx, run)
 
 
 class RayRecordRunner:
-    """RecordRunner's interface (chunk_size, job_fault, run) over a Ray Data pipeline per window."""
+    """RecordRunner's interface (chunk_size, run) over a Ray Data pipeline per window; the actors run
+    `build(settings, objects, source, invocation_type)`'s runner."""
 
-    def __init__(self, ctx: JobContext, source, invocation_type: str):
-        from bedrock_local.jobs.handlers.batch_inference import TEST_MODEL_CHUNK, RecordRunner
-        from bedrock_local.jobs.model_sources import test_engine
-
+    def __init__(self, ctx, build, source, invocation_type: str):
         connect(ctx.settings)
-        self.ctx, self.source, self.invocation_type = ctx, source, invocation_type
+        self.ctx, self.build, self.source, self.invocation_type = ctx, build, source, invocation_type
         self.settings = portable(ctx.settings)
-        # a test model loads nothing: the driver finds its job faults itself; a real model is never
-        # loaded here (its job_fault is None)
-        self.local = RecordRunner(ctx, source, invocation_type) if test_engine(source) is not None else None
+        # a model with no weights is built here at once and says its chunk; a real one never loads here
+        engine = weightless_engine(source)
+        self.weightless = engine is not None
         resources = alive_resources()
         self.gpus = resources["GPU"] >= 1
-        self.batch = TEST_MODEL_CHUNK if self.local is not None else (512 if self.gpus else 64)
+        self.batch = getattr(engine, "records_per_chunk", None) or (512 if self.gpus else 64)
 
     def _pool(self) -> int:
         resources = alive_resources()
@@ -169,15 +180,12 @@ class RayRecordRunner:
     def chunk_size(self) -> int:
         if os.environ.get(WINDOW_ENV):
             return max(1, int(os.environ[WINDOW_ENV]))
-        per_actor = TEST_MODEL_WINDOW_BATCHES_PER_ACTOR if self.local is not None else WINDOW_BATCHES_PER_ACTOR
+        per_actor = WEIGHTLESS_WINDOW_BATCHES_PER_ACTOR if self.weightless else WINDOW_BATCHES_PER_ACTOR
         return self.batch * self._pool() * per_actor
 
-    def job_fault(self, records: list[dict], done: int):
-        return self.local.job_fault(records, done) if self.local is not None else None
-
-    def run(self, records: list[dict], seed: int, start: int = 0) -> list[tuple[dict, int, int]]:
+    def run(self, records: list[dict], seed: int, start: int = 0) -> tuple[list[tuple[dict, int, int]], JobSignal | None]:
         if not records:
-            return []
+            return [], None
         items = [{"start": start + i, "payload": json.dumps(records[i:i + self.batch], ensure_ascii=False),
                   "seed": seed} for i in range(0, len(records), self.batch)]
         for attempt in range(1, WINDOW_ATTEMPTS + 1):
@@ -193,42 +201,45 @@ class RayRecordRunner:
                 log.warning("job %s: the window of records %d-%d failed on Ray (%s: %s); running it again",
                             self.ctx.claim.job_pk, start + 1, start + len(records), type(exc).__name__,
                             str(exc)[:300])
-                if hasattr(self.ctx, "check"):  # a job's Stop or lost lease (a shard's ends at its boundary)
+                if isinstance(self.ctx, JobContext):  # a job's Stop or lost lease (a shard's ends at its boundary)
                     self.ctx.check()
                 time.sleep(RETRY_PAUSE_SECONDS)
         raise AssertionError("unreachable")
 
-    def _window(self, items: list[dict], count: int) -> list[tuple[dict, int, int]]:
+    def _window(self, items: list[dict], count: int) -> tuple[list[tuple[dict, int, int]], JobSignal | None]:
         import ray
 
         pool = min(self._pool(), len(items))
         with warnings.catch_warnings():  # Ray 2.60 deprecates ray_remote_args_fn (for 2.64) with no other
             warnings.simplefilter("ignore", DeprecationWarning)  # way to set an actor pool's max_restarts
             dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _ModelActor, fn_constructor_args=(self.settings, self.source.to_json(), self.invocation_type,
-                                                 job_environment()),
+                _ModelActor, fn_constructor_args=(self.build, self.settings, self.source.to_json(),
+                                                 self.invocation_type, job_environment()),
                 batch_size=1, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=pool, initial_size=pool),
                 **({"num_gpus": 1} if self.gpus else {"num_cpus": 1}), ray_remote_args_fn=_no_restarts)
         rows = []
         for row in dataset.iter_rows():
-            rows.append((int(row["start"]), row["lines"]))
-            if self.ctx.should_stop() and hasattr(self.ctx, "check"):  # Stop or a lost lease: end a job's
+            rows.append((int(row["start"]), row["lines"], row["ending"]))
+            if self.ctx.should_stop() and isinstance(self.ctx, JobContext):  # Stop or a lost lease: end a job's
                 self.ctx.check()  # window here (a shard's window runs to its end, its boundary checks Stop)
         rows.sort(key=lambda row: row[0])
-        lines = [tuple(line) for _, payload in rows for line in json.loads(payload)]
+        lines = []
+        for _, payload, ending in rows:  # in input order, up to the first batch a JobSignal cut short
+            lines.extend(tuple(line) for line in json.loads(payload))
+            if ending:
+                return lines, JobSignal.from_json(json.loads(ending))
         if len(lines) != count:
             raise RuntimeError(f"the window gave {len(lines)} lines for {count} records")
-        return lines
+        return lines, None
 
 
 # ---- customization -----------------------------------------------------------------------------
 
 def _train_loop(description: dict) -> None:
-    """The Ray Train worker: CustomizationHandler.run on a JobContext of its own, under the driver's
+    """The Ray Train worker: the job's work (`run`) on a JobContext of its own, under the driver's
     lease, from the checkpoint recorded on the job now (a run again after a lost node starts there)."""
     from bedrock_local.engine import aliases
     from bedrock_local.jobs import lease
-    from bedrock_local.jobs.handlers.customization import CustomizationHandler
     from bedrock_local.storage import open_object_store
     from bedrock_local.store.database import open_database
     from bedrock_local.store.schema import Job
@@ -242,9 +253,9 @@ def _train_loop(description: dict) -> None:
         job = session.get(Job, claim.job_pk)
         checkpoint = dict(job.checkpoint or {}) if job is not None else dict(description["checkpoint"])
     checkpoint.pop(lease.SAVED_IN_ATTEMPT, None)
-    ctx = JobContext(db, open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options),
-                     settings, claim, description["worker_id"], checkpoint)
-    CustomizationHandler().run(ctx)
+    ctx = JobContext(db=db, objects=open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options),
+                     settings=settings, claim=claim, worker_id=description["worker_id"], checkpoint=checkpoint)
+    description["run"](ctx)
 
 
 def _original(exc: BaseException) -> BaseException:
@@ -271,9 +282,9 @@ def _lost_to_ray(exc: BaseException) -> bool:
                             train_errors.WorkerGroupStartupFailedError))
 
 
-def run_customization(ctx: JobContext) -> None:
-    """Run the customization job of `ctx` as a Ray Train job; returns when it ended as the local path
-    would. A Ray Train worker lost with its node is started again (TRAIN_ATTEMPTS in all) from the
+def run_customization(ctx: JobContext, run) -> None:
+    """Run the customization job of `ctx` (its work: `run(ctx)`, picklable) as a Ray Train job; returns
+    when it ended as the local path would. A Ray Train worker lost with its node is started again (TRAIN_ATTEMPTS in all) from the
     checkpoint recorded on the job, as a worker taken back after a crash would."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -285,7 +296,7 @@ def run_customization(ctx: JobContext) -> None:
     for attempt in range(1, TRAIN_ATTEMPTS + 1):
         trainer = TorchTrainer(
             _train_loop,
-            train_loop_config={"settings": settings, "claim": ctx.claim, "worker_id": ctx.worker_id,
+            train_loop_config={"settings": settings, "claim": ctx.claim, "worker_id": ctx.worker_id, "run": run,
                                "checkpoint": dict(ctx.checkpoint), "environment": job_environment()},
             scaling_config=ScalingConfig(num_workers=1, use_gpu=alive_resources()["GPU"] >= 1),
             run_config=RunConfig(name=f"customization-{ctx.claim.job_pk}-{ctx.claim.attempts}-{uuid.uuid4().hex[:6]}",

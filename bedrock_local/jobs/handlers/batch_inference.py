@@ -7,11 +7,10 @@ error) and `<job id>/manifest.json.out`. Each chunk of finished records is flush
 object before the checkpoint records it, so a Stop or a crash keeps finished work, and a job taken
 back after a crash resumes from the checkpoint without losing or duplicating a record.
 
-On a test model (engine/stub_models.py) nothing is loaded and its faults apply:
-records that fail with a chosen error (`faults.errors` by record number in the job, or a
-`[[fault:NAME]]` in the record), and a job that fails, stops or times out after N records
-(`faults.job`) or right before a record that says `[[fault:job-ACTION]]`; the records before that
-point are flushed first, as for a real Stop or timeout.
+The model is asked for each chunk of records (RecordRunner); an engine may look at each record first
+(`check_record`: a record it fails becomes an error line, as for any model error; a JobSignal ends the
+job right before that record, through the same path as a Stop, a failure or the timeout). The stub
+models use this for their faults (docs/stub-models.md).
 
 A job of more records than --batch-shard-records is split into shards (jobs/shards.py): record ranges,
 found while validating (the byte offset of each shard's first record), that every worker process may
@@ -22,13 +21,8 @@ once every shard is done concatenates the parts in record order into the `.out` 
 writes the manifest and ends the job as a single-shard job ends. A Stop, a timeout or a fault ends every
 shard at its next chunk; the `.out` objects then hold every written line in input order (with the
 records no shard reached left out, so not always a prefix of the input). A job of one shard runs as
-before, with no shard rows: its `.out` objects are written as it goes.
-
-Faults of a test model in a job of several shards: `faults.errors` counts records by their position in
-the job, as for one shard; `faults.job` (after N records) ends the job when a shard reaches record
-position N, or starts past it (that shard writes the records before N; shards running at the same
-time finish their current chunk, so processedRecordCount may be above N); `[[fault:job-ACTION]]` ends
-the job when the shard holding that record reaches it (other shards keep their finished lines too).
+before, with no shard rows: its `.out` objects are written as it goes. Both write their records through
+one loop (`_write`).
 """
 
 import contextlib
@@ -44,18 +38,18 @@ import traceback
 from dataclasses import dataclass
 
 from bedrock_local import quotas
-from bedrock_local.jobs import shards
 from bedrock_local.engine.catalog import KIND_TEXT
-from bedrock_local.jobs.lifecycle import move
+from bedrock_local.engine.errors import JobSignal, ModelCallError
+from bedrock_local.jobs import lease, shards
+from bedrock_local.jobs.lifecycle import move, update_body
 from bedrock_local.jobs.model_sources import ModelSource, body_format, load_engine
-from bedrock_local.jobs import lease
-from bedrock_local.jobs.protocol import Handler, JobContext, JobStopped, LeaseLost
+from bedrock_local.jobs.protocol import (Handler, JobContext, JobStopped, LeaseLost, ShardContext,
+                                         too_many_interruptions)
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.store.resources import utcnow
 from bedrock_local.store.schema import Resource
 
 log = logging.getLogger("bedrock_local.batch")
-_JOB_VERBS = {"fail": "fail", "stop": "stop", "timeout": "time out"}
 
 VALIDATION_CHECK_LINES = 10_000
 FLUSH_SHARE = 10  # flush at most once per 10x the time the last flush took
@@ -69,24 +63,11 @@ class ValidationFailed(Exception):
 
 
 class TimedOut(Exception):
-    """The job reached its timeout (or a test model's fault says so: str() then says why)."""
+    """The job reached its timeout (or its model says so: str() then says why)."""
 
 
-class InjectedJobFailure(Exception):
-    """A test model's fault made the job fail; str() is the job's message."""
-
-
-@dataclass(frozen=True)
-class JobFault:
-    """Where a test model's fault ends the job: after `position` records of the next chunk."""
-
-    position: int
-    action: str  # fail | stop | timeout
-    why: str  # what asked for it
-    message: str | None = None  # the user's own message for a failure (faults.job.message)
-
-    def note(self) -> str:
-        return f"(injected fault: {self.why})"
+class JobFailed(Exception):
+    """The job fails with this message (its model asked for it, or a shard's run failed)."""
 
 
 def model_cache():
@@ -102,12 +83,6 @@ def model_cache():
 def chunk_records() -> int:
     import torch
     return 512 if torch.cuda.is_available() else 64
-
-
-# Records per chunk for a test model (found without importing torch). Not larger: measured on a
-# 10,000-record job, chunks of 16-128 took ~1.0 s and chunks of 1,024 ~1.7 s, as more records alive at
-# once survive into older garbage-collector generations, whose collections walk the worker's whole heap.
-TEST_MODEL_CHUNK = 64
 
 
 class OversizedLine(bytes):
@@ -142,60 +117,27 @@ def error_line(record: dict, code: int, message: str) -> dict:
             "error": {"errorCode": code, "errorMessage": message}}
 
 
-def run_chunk(runner, chunk: list[dict], seed: int, start: int, lines: list[str], counts: dict) -> None:
-    """Run `chunk` (records `start`... of the job) and append its output lines to `lines`, counting
-    them and their tokens into `counts`."""
-    for line, tokens_in, tokens_out in runner.run(chunk, seed, start):
-        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
-        counts["processedRecordCount"] += 1
-        counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
-        counts["inputTokenCount"] += tokens_in
-        counts["outputTokenCount"] += tokens_out
-
-
 class RecordRunner:
     """Turns a chunk of input records into output lines with one model, counting tokens. Converse
     records use the Converse body; InvokeModel records the body format of the model's provider
-    (engine/formats.py: Meta Llama, Anthropic Messages, Titan, Mistral, Cohere Embed, ...)."""
+    (engine/formats/: Meta Llama, Anthropic Messages, Titan, Mistral, Cohere Embed, ...). An executor
+    builds it (jobs/executors/): `RecordRunner(settings, objects, source, invocation_type)`."""
 
-    def __init__(self, ctx: JobContext, source: ModelSource, invocation_type: str):
+    def __init__(self, settings, objects, source: ModelSource, invocation_type: str):
         self.kind = source.kind
         self.invocation_type = invocation_type
         self.body_format = body_format(source)
         self.model_id = source.foundation_model_id or source.reference
-        self.model = load_engine(source, ctx.settings, ctx.objects,
+        self.model = load_engine(source, settings, objects,
                                  lambda path: (model_cache().text_generator(path) if source.kind == KIND_TEXT
                                                else model_cache().embedder(path)))
-        from bedrock_local.engine.stub_models import is_test_engine
-
-        # a test model (engine/stub_models.py) loads nothing and may inject faults
-        self.test_model = is_test_engine(self.model)
-        self.faults = self.model.faults if self.test_model else None
+        # optional engine hooks: a look at each record before its chunk runs (it may fail the record
+        # with a ModelCallError or end the job with a JobSignal), and the records per chunk it prefers
+        self.check_record = getattr(self.model, "check_record", None)
+        self.records_per_chunk = getattr(self.model, "records_per_chunk", None)
 
     def chunk_size(self) -> int:
-        return TEST_MODEL_CHUNK if self.test_model else chunk_records()
-
-    def job_fault(self, records: list[dict], done: int) -> JobFault | None:
-        """Where a test model's fault ends the job among `records`, the next ones after `done`:
-        the model's `faults.job` (after N records of the job) or a record asking for it
-        (`[[fault:job-ACTION]]`, the job ends right before that record)."""
-        if not self.test_model:
-            return None
-        from bedrock_local.engine.stub_models import job_directive
-
-        found = None
-        point = self.faults.job_point(done, len(records)) if self.faults is not None else None
-        if point is not None:
-            job = self.faults.job
-            found = JobFault(point, job.action, f"faults.job of {self.model_id} asks the job to "
-                                                f"{_JOB_VERBS[job.action]} after {job.after_records} records",
-                             job.message)
-        for position, record in enumerate(records[:point]):
-            action = job_directive(record.get("modelInput")) if record.pop("_jobDirective", False) else None
-            if action is not None:
-                return JobFault(position, action, f"record {record.get('recordId')!r} asks the job to "
-                                                  f"{_JOB_VERBS[action]} with [[fault:job-{action}]]")
-        return found
+        return self.records_per_chunk or chunk_records()
 
     def _parse(self, record: dict):
         from bedrock_local.engine import formats
@@ -204,25 +146,44 @@ class RecordRunner:
             return formats.parse_converse_body(record["modelInput"])
         return formats.parse_invoke(self.body_format, record["modelInput"])
 
-    def run(self, records: list[dict], seed: int, start: int = 0) -> list[tuple[dict, int, int]]:
-        """Output lines of `records`, with their input and output tokens; `start` is the number of
-        records of the job before them (a test model's faults.errors counts records in the job)."""
+    def _prepare(self, number: int, record: dict):
+        """Record `number` of the job (from 1) as a parsed request, or its error line (a dict); the
+        engine's JobSignal passes through (the job ends right before this record)."""
         from bedrock_local.engine import formats
-        from bedrock_local.engine.stub_models import InjectedFault
 
-        parsed, lines = [], [None] * len(records)
-        for index, record in enumerate(records):
-            if "_error" in record:  # the line changed since validation and no longer parses
-                lines[index] = (error_line(record, 400, record.pop("_error")), 0, 0)
-                continue
-            fault = self.faults.record_fault(start + index + 1, self.model_id) if self.faults is not None else None
-            if fault is not None:
-                lines[index] = (error_line(record, fault.status, fault.message), 0, 0)
-                continue
+        refused = None
+        if self.check_record is not None:
             try:
-                parsed.append((index, self._parse(record)))
-            except formats.FormatError as exc:
-                lines[index] = (error_line(record, 400, str(exc)), 0, 0)
+                self.check_record(number, record)
+            except ModelCallError as exc:
+                refused = exc
+        if "_error" in record:  # the line changed since validation and no longer parses
+            return error_line(record, 400, record.pop("_error"))
+        if refused is not None:
+            return error_line(record, refused.status, refused.message)
+        try:
+            return self._parse(record)
+        except formats.FormatError as exc:
+            return error_line(record, 400, str(exc))
+
+    def run(self, records: list[dict], seed: int, start: int = 0) -> tuple[list[tuple[dict, int, int]], JobSignal | None]:
+        """Output lines of `records`, with their input and output tokens; `start` is the number of
+        records of the job before them. When the model ends the job at a record (a JobSignal), the
+        lines of the records before it, and that signal."""
+        from bedrock_local.engine import formats
+
+        parsed, lines, ending = [], [], None
+        for index, record in enumerate(records):
+            try:
+                prepared = self._prepare(start + index + 1, record)
+            except JobSignal as signal:
+                ending = signal
+                break
+            if isinstance(prepared, dict):
+                lines.append((prepared, 0, 0))
+            else:
+                lines.append(None)
+                parsed.append((index, prepared))
         # what the model computes: one TextRequest per text record, every EmbeddingRequest of every
         # embedding record (a Cohere record holds many texts)
         work = []
@@ -245,7 +206,7 @@ class RecordRunner:
             if isinstance(problem, formats.FormatError):
                 lines[index] = (error_line(record, 400, str(problem)), 0, 0)
                 continue
-            if isinstance(problem, InjectedFault):
+            if isinstance(problem, ModelCallError):
                 lines[index] = (error_line(record, problem.status, problem.message), 0, 0)
                 continue
             if problem is not None:
@@ -262,15 +223,7 @@ class RecordRunner:
                 tokens = (sum(r.input_tokens for r in mine), 0)
             lines[index] = ({"recordId": record["recordId"], "modelInput": record["modelInput"],
                              "modelOutput": output}, *tokens)
-        return lines
-
-
-def make_runner(ctx, source: ModelSource, invocation_type: str) -> RecordRunner:
-    """The RecordRunner of a job or of one of its shards (`ctx`: JobContext or shards.ShardContext)."""
-    if ctx.settings.ray_address:  # the records run on a Ray cluster (jobs/executors/ray_cluster.py)
-        from bedrock_local.jobs.executors.ray_cluster import RayRecordRunner
-        return RayRecordRunner(ctx, source, invocation_type)
-    return RecordRunner(ctx, source, invocation_type)
+        return lines, ending
 
 
 class _Counting:
@@ -365,7 +318,7 @@ class BatchInferenceHandler(Handler):
                 if job.status == "Stopping":  # stopped and timed out at once: the user's Stop wins
                     self._finish(ctx, job, "Stopped", counts, "The job was stopped.")
                     return
-                note = f" {timed_out}" if str(timed_out) else ""  # an injected timeout says so
+                note = f" {timed_out}" if str(timed_out) else ""  # a timeout its model asked for says so
                 self._finish(ctx, job, "PartiallyCompleted", counts,
                              f"The job reached its timeout of {job.body['timeoutDurationInHours']} hours "
                              f"with {left} records not processed.{note}")
@@ -410,7 +363,7 @@ class BatchInferenceHandler(Handler):
         counts = ctx.checkpoint.get("counts", {})
         if resource.status != "Stopping":
             move(resource, "Stopping")
-        note = ctx.checkpoint.get("injectedStop")  # a test model's fault stopped it (in memory only)
+        note = ctx.checkpoint.get("stopNote")  # its model asked for the Stop, saying why (in memory only)
         self._finish(ctx, resource, "Stopped", counts, "The job was stopped." + (f" {note}" if note else ""))
 
     # ---- validation ----------------------------------------------------------------------
@@ -526,52 +479,92 @@ class BatchInferenceHandler(Handler):
                        seed=int(job.resource_id, 36) % (2 ** 31), shards=plan,
                        parts=S3Location(settings.model_bucket, f"batch-shards/{job.account}/{job.resource_id}/"))
 
+    def _runner(self, ctx, info: JobInfo):
+        """The RecordRunner of a job or of one of its shards, made by the worker's executor."""
+        return ctx.executor.record_runner(ctx, RecordRunner, info.source, info.invocation_type)
+
     def _process(self, ctx: JobContext) -> dict:
         with ctx.db.read_session() as session:
             info = self._job_info(ctx.settings, ctx.resource(session))
         if info.shards and "file" not in ctx.checkpoint:  # (a checkpoint of the single-shard loop keeps it)
             return self._coordinate(ctx, info)
-        files, root, deadline, source = info.files, info.root, info.deadline, info.source
-        invocation_type, seed = info.invocation_type, info.seed
-        state = ctx.checkpoint or {"file": 0, "done": 0, "counts": {name: 0 for name in COUNT_NAMES}}
+        state = ctx.checkpoint or {"file": 0, "done": 0, "counts": _zero_counts()}
         counts = dict(state["counts"])
-        runner = make_runner(ctx, source, invocation_type)
-        size = runner.chunk_size()
-        for index in range(state["file"], len(files)):
-            entry = files[index]
-            out = root.join(*(entry["name"] + ".out").split("/"))
+        runner = self._runner(ctx, info)
+        for index in range(state["file"], len(info.files)):
+            entry = info.files[index]
+            out = info.root.join(*(entry["name"] + ".out").split("/"))
             lines = self._kept_lines(ctx, out, state["done"] if index == state["file"] else 0)
             records = self._records(ctx, S3Location.parse(entry["uri"]), skip=len(lines))
-            # The whole .out object is rewritten at each flush (S3 has no append): flush after every
-            # chunk while that is cheap, but never spend more than 1/FLUSH_SHARE of the time on it.
-            # Before a stop, a timeout and the end of the file, what is finished is always flushed.
-            last_flush, flush_cost, pending = time.monotonic(), 0.0, False
-            while True:
-                chunk = list(itertools.islice(records, size))
-                ending = not chunk or ctx.should_stop() or utcnow() > deadline
-                if pending and (ending or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
-                    started = time.monotonic()
-                    self._flush(ctx, out, lines, {"file": index, "done": len(lines), "counts": counts})
-                    last_flush, pending = time.monotonic(), False
-                    flush_cost = last_flush - started
-                if not chunk:
-                    break
-                ctx.check()
-                if utcnow() > deadline:
-                    raise TimedOut()
-                fault = runner.job_fault(chunk, counts["processedRecordCount"])
-                if fault is not None:
-                    chunk = chunk[:fault.position]
-                run_chunk(runner, chunk, seed, counts["processedRecordCount"], lines, counts)
-                pending = pending or bool(chunk)
-                if fault is not None:  # what is finished is kept, then the job ends as its fault says
-                    if pending:
-                        self._flush(ctx, out, lines, {"file": index, "done": len(lines), "counts": counts})
-                    self._inject(ctx, fault, counts["processedRecordCount"])
+            progress = {"file": index, "counts": counts}
+            ending = self._write(ctx, runner, records, lines, counts, info,
+                                 first=counts["processedRecordCount"] - len(lines),
+                                 save=lambda: self._flush(ctx, out, lines, {**progress, "done": len(lines)}))
+            if ending == "stop":
+                ctx.check()  # JobStopped, or LeaseLost
+            elif ending == "timeout":
+                raise TimedOut()
+            elif isinstance(ending, JobSignal):
+                log.info("job %s: its model ends it (%s) after %d records", ctx.claim.job_pk, ending.action,
+                         counts["processedRecordCount"])
+                self._end_as(ctx, ending.action, ending.message)
             if not lines:
                 ctx.objects.put_bytes(out, b"")
             self._record_progress(ctx, {"file": index + 1, "done": 0, "counts": counts})
         return counts
+
+    def _write(self, ctx, runner, records, lines: list[str], counts: dict, info: JobInfo, first: int, save):
+        """The record loop of a job and of a shard: run `records` through `runner` a chunk at a time,
+        appending their output lines to `lines` (which holds the lines kept from before; lines[0] is
+        record `first` of the job) and counting them into `counts`; `save()` writes `lines` to their
+        object and checkpoints them. Answers why it ended: "done" (no record left), "stop" (a Stop or a
+        lost lease: ctx.should_stop()), "timeout" (the job's deadline passed) or the model's JobSignal;
+        what is finished is saved before it answers."""
+        # The whole output object is rewritten at each save (S3 has no append): save after every
+        # chunk while that is cheap, but never spend more than 1/FLUSH_SHARE of the time on it.
+        size = runner.chunk_size()
+        last_flush, flush_cost, pending = time.monotonic(), 0.0, False
+        while True:
+            chunk = list(itertools.islice(records, size))
+            ending = ("done" if not chunk else "stop" if ctx.should_stop()
+                      else "timeout" if utcnow() > info.deadline else None)
+            if pending and (ending or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
+                started = time.monotonic()
+                save()
+                last_flush, pending = time.monotonic(), False
+                flush_cost = last_flush - started
+            if ending:
+                return ending
+            done, signal = runner.run(chunk, info.seed, first + len(lines))
+            for line, tokens_in, tokens_out in done:
+                lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+                counts["processedRecordCount"] += 1
+                counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
+                counts["inputTokenCount"] += tokens_in
+                counts["outputTokenCount"] += tokens_out
+            pending = pending or bool(done)
+            if signal is not None:
+                if pending:
+                    save()
+                return signal
+
+    def _end_as(self, ctx: JobContext, action: str, message: str = ""):
+        """End the job early as `action` says, through the path of its real cause: "stopped" (the
+        user's Stop), "timeout" (`message`: a note on why), "fail" (with `message`), or "stop" (its
+        model asked for a Stop: as a StopModelInvocationJob would, Stopping then Stopped, with
+        `message` noted)."""
+        if action == "stopped":
+            raise JobStopped()
+        if action == "timeout":
+            raise TimedOut(message)
+        if action == "fail":
+            raise JobFailed(message)
+        with ctx.session() as session:
+            job = ctx.resource(session)
+            if job.status == "InProgress":
+                move(job, "Stopping")
+        ctx.checkpoint = {**ctx.checkpoint, "stopNote": message}
+        raise JobStopped()
 
     # ---- a job of several shards -----------------------------------------------------------
     def _coordinate(self, ctx: JobContext, info: JobInfo) -> dict:
@@ -592,15 +585,14 @@ class BatchInferenceHandler(Handler):
             if ctx.stop_requested():
                 return self._end_shards(ctx, info, {"action": "stopped"})
             if utcnow() > info.deadline:
-                return self._end_shards(ctx, info, {"action": "timeout", "note": ""})
+                return self._end_shards(ctx, info, {"action": "timeout", "message": ""})
             if all(row.state == "done" for row in rows):
                 return self._end_shards(ctx, info, {"action": "complete"})
-            claim = shards.claim(ctx.db, ctx.worker_id, ctx.settings.lease_seconds, ctx.claim.job_pk)
+            claim = lease.claim_shard(ctx.db, ctx.worker_id, ctx.settings.lease_seconds, ctx.claim.job_pk)
             if claim is not None:
-                self.run_shard(ctx.db, ctx.objects, ctx.settings, ctx.worker_id, claim, info,
-                               on_flush=lambda: self._shard_progress(ctx))
+                self._run_claimed(ctx.shard(claim), info, on_flush=lambda: self._shard_progress(ctx))
                 continue
-            ctx._stop.wait(ctx.settings.poll_seconds)  # other workers run the shards left
+            ctx.wait_for_stop(ctx.settings.poll_seconds)  # other workers run the shards left
 
     def _shard_progress(self, ctx: JobContext, rows=None) -> None:
         """The job's counts (Get, the checkpoint) become the sum of its shards' when they changed."""
@@ -636,22 +628,10 @@ class BatchInferenceHandler(Handler):
         return self._end_merged(ctx, state)
 
     def _end_merged(self, ctx: JobContext, state: dict) -> dict:
-        ending, counts = state["ending"], state["counts"]
-        action = ending["action"]
-        if action == "stopped":
-            raise JobStopped()
-        if action == "timeout":
-            raise TimedOut(ending.get("note", ""))
-        if action == "fail":
-            raise InjectedJobFailure(ending["message"])
-        if action == "stop":  # a test model's fault: as a StopModelInvocationJob would
-            with ctx.session() as session:
-                job = ctx.resource(session)
-                if job.status == "InProgress":
-                    move(job, "Stopping")
-            ctx.checkpoint = {**ctx.checkpoint, "injectedStop": ending["note"]}
-            raise JobStopped()
-        return counts
+        ending = state["ending"]
+        if ending["action"] != "complete":
+            self._end_as(ctx, ending["action"], ending.get("message", ""))
+        return state["counts"]
 
     def _merge(self, ctx: JobContext, info: JobInfo, rows, complete: bool) -> None:
         """Write each input file's `.out` from the shards' parts, in record order: the lines each
@@ -684,25 +664,29 @@ class BatchInferenceHandler(Handler):
                 ctx.objects.put_bytes(info.root.join(*(entry["name"] + ".out").split("/")), b"".join(out))
             first = end
 
-    def run_shard(self, db, objects, settings, worker_id: str, claim: "shards.ShardClaim",
-                  info: JobInfo | None = None, on_flush=None) -> None:
-        """Run one claimed shard (for its job's coordinator, or for any idle worker: processes/worker.py)."""
-        if info is None:
-            with db.read_session() as session:
-                job = session.get(Resource, claim.resource_pk)
-                if job is None:  # deleted: the shard rows go with it
-                    return
-                info = self._job_info(settings, job)
-        with shards.running(db, objects, settings, claim, worker_id) as sctx:
+    def run_shard(self, ctx: ShardContext) -> None:
+        """Run a shard that an idle worker claimed (processes/worker.py)."""
+        with ctx.db.read_session() as session:
+            job = session.get(Resource, ctx.claim.resource_pk)
+            if job is None:  # deleted: the shard rows go with it
+                return
+            info = self._job_info(ctx.settings, job)
+        self._run_claimed(ctx, info, on_flush=lambda: None)
+
+    def _run_claimed(self, ctx: ShardContext, info: JobInfo, on_flush) -> None:
+        """Run one claimed shard, its lease renewed meanwhile (for its job's coordinator or any idle
+        worker); a failure ends the job, as it would on one shard."""
+        claim = ctx.claim
+        with shards.running(ctx):
             try:
-                self._run_shard(sctx, info, on_flush or (lambda: None))
+                self._shard(ctx, info, on_flush)
             except shards.ShardLeaseLost:
                 log.warning("shard %s of job %s: lease lost, leaving it to its new owner", claim.number, claim.job_pk)
-            except Exception as exc:  # the job fails, as it would on one shard
+            except Exception as exc:
                 log.error("shard %s of job %s failed: %s", claim.number, claim.job_pk, traceback.format_exc())
                 with contextlib.suppress(shards.ShardLeaseLost):
-                    sctx.save(self._shard_state(claim), state="pending",
-                              fault={"action": "fail", "message": str(exc) or exc.__class__.__name__})
+                    ctx.save(self._shard_state(claim), state="pending",
+                             fault={"action": "fail", "message": str(exc) or exc.__class__.__name__})
 
     @staticmethod
     def _shard_state(claim) -> dict:
@@ -710,11 +694,11 @@ class BatchInferenceHandler(Handler):
         state.pop(lease.SAVED_IN_ATTEMPT, None)
         return state
 
-    def _run_shard(self, sctx: "shards.ShardContext", info: JobInfo, on_flush) -> None:
-        claim = sctx.claim
-        interrupted = shards.interrupted(claim)
-        if interrupted >= shards.MAX_ATTEMPTS:
-            sctx.save(self._shard_state(claim), state="pending", fault={"action": "fail", "message": (
+    def _shard(self, ctx: ShardContext, info: JobInfo, on_flush) -> None:
+        claim = ctx.claim
+        interrupted = too_many_interruptions(claim)
+        if interrupted:
+            ctx.save(self._shard_state(claim), state="pending", fault={"action": "fail", "message": (
                 f"Records {claim.first + 1} to {claim.first + claim.count} of the job were interrupted "
                 f"{interrupted} times in a row (their worker was lost: killed or crashed while running them) "
                 f"and were not retried again.")})
@@ -724,65 +708,45 @@ class BatchInferenceHandler(Handler):
         if claim.attempts > 1:
             log.info("shard %s of job %s: resuming at record %d of %d (attempt %d)", claim.number, claim.job_pk,
                      state["done"], claim.count, claim.attempts)
-        runner = make_runner(sctx, info.source, info.invocation_type)
-        size = runner.chunk_size()
+        runner = self._runner(ctx, info)
         kept = S3Location.parse(state["part"]) if state.get("part") else None
-        lines = self._kept_lines(sctx, kept, state["done"]) if kept else []
+        lines = self._kept_lines(ctx, kept, state["done"]) if kept else []
         # a part object of this attempt's own: a worker that lost the shard cannot write over its successor's
         part = info.parts.join(f"{claim.number:06d}-{claim.attempts}.jsonl")
-        records = itertools.islice(self._shard_records(sctx, info.files, claim.start, len(lines)),
+        records = itertools.islice(self._shard_records(ctx, info.files, claim.start, len(lines)),
                                    claim.count - len(lines))
-        last_flush, flush_cost, pending = time.monotonic(), 0.0, False
         saved = state  # the last checkpoint: the lines its part holds
 
-        def flush(**end) -> None:
+        def save() -> None:
             nonlocal saved
-            if sctx.lost():
+            if ctx.lost():
                 raise shards.ShardLeaseLost()
-            sctx.objects.put_bytes(part, "".join(lines).encode())
+            ctx.objects.put_bytes(part, "".join(lines).encode())
             saved = {"done": len(lines), "counts": dict(counts), "part": part.uri}
-            sctx.save(saved, **end)
+            ctx.save(saved)
             on_flush()
 
-        while True:
-            chunk = list(itertools.islice(records, size))
-            ending = not chunk or sctx.should_stop() or utcnow() > info.deadline
-            if pending and (ending or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
-                started = time.monotonic()
-                flush()
-                last_flush, pending = time.monotonic(), False
-                flush_cost = last_flush - started
-            if not chunk:  # every record of the shard is written (flushed just above)
-                sctx.save(saved, state="done")
-                on_flush()
-                return
-            if ending:  # Stop, halt or the timeout: what is finished is kept; the coordinator ends the job
-                if utcnow() > info.deadline:
-                    with sctx.db.session() as session, session.begin():
-                        shards.halt(session, claim.job_pk)
-                if not sctx.lost():
-                    sctx.save(saved, state="pending")
-                return
-            position = claim.first + len(lines)
-            fault = runner.job_fault(chunk, position)
-            if fault is not None:
-                chunk = chunk[:fault.position]
-            run_chunk(runner, chunk, info.seed, position, lines, counts)
-            pending = pending or bool(chunk)
-            if fault is not None:  # what is finished is kept, then the job ends as the fault says
-                at = claim.first + len(lines)
-                log.info("job %s: injected fault: %s at record %d (shard %d)", claim.job_pk, fault.action, at,
-                         claim.number)
-                message = (f"{fault.message or f'The job failed after {at} records.'} {fault.note()}"
-                           if fault.action == "fail" else None)
-                end = {"state": "pending", "fault": {"action": fault.action, "note": fault.note(), "message": message}}
-                if pending:
-                    flush(**end)
-                else:
-                    sctx.save(saved, **end)
-                with sctx.db.session() as session, session.begin():
-                    shards.halt(session, claim.job_pk)
-                return
+        ending = self._write(ctx, runner, records, lines, counts, info, first=claim.first, save=save)
+        if ending == "done":  # every record of the shard is written (saved by the loop)
+            ctx.save(saved, state="done")
+            on_flush()
+            return
+        if isinstance(ending, JobSignal):  # what is finished is kept, then the job ends as the model says
+            log.info("job %s: its model ends it (%s) at record %d (shard %d)", claim.job_pk, ending.action,
+                     claim.first + len(lines), claim.number)
+            ctx.save(saved, state="pending", fault=ending.to_json())
+            self._halt(ctx)
+            return
+        # Stop, halt or the timeout: what is finished is kept; the coordinator ends the job
+        if utcnow() > info.deadline:
+            self._halt(ctx)
+        if not ctx.lost():
+            ctx.save(saved, state="pending")
+
+    @staticmethod
+    def _halt(ctx: ShardContext) -> None:
+        with ctx.db.session() as session, session.begin():
+            shards.halt(session, ctx.claim.job_pk)
 
     def _shard_records(self, ctx, files: list[dict], start: dict, skip: int):
         """The records from a shard's first one on (its first `skip` left out), across input files."""
@@ -800,29 +764,13 @@ class BatchInferenceHandler(Handler):
         ctx.objects.put_bytes(out, "".join(lines).encode())
         self._record_progress(ctx, state)
 
-    def _inject(self, ctx: JobContext, fault: JobFault, processed: int) -> None:
-        """End the job as a test model's fault asks, after `processed` records: fail, stop (as a
-        StopModelInvocationJob does: Stopping, then Stopped) or time out (PartiallyCompleted)."""
-        log.info("job %s: injected fault: %s after %d records", ctx.claim.job_pk, fault.action, processed)
-        if fault.action == "fail":
-            raise InjectedJobFailure(f"{fault.message or f'The job failed after {processed} records.'} "
-                                     f"{fault.note()}")
-        if fault.action == "timeout":
-            raise TimedOut(fault.note())
-        with ctx.session() as session:
-            job = ctx.resource(session)
-            if job.status == "InProgress":
-                move(job, "Stopping")
-        ctx.checkpoint = {**ctx.checkpoint, "injectedStop": fault.note()}
-        raise JobStopped()
-
     def _record_progress(self, ctx: JobContext, state: dict) -> None:
         ctx.save_checkpoint(state)
         ctx.progress = dict(state["counts"])
         with ctx.session() as session:
             job = ctx.resource(session)
             if job.status == "InProgress":
-                move(job, "InProgress", **{name: state["counts"][name] for name in COUNT_NAMES[:3]})
+                update_body(job, **{name: state["counts"][name] for name in COUNT_NAMES[:3]})
 
     def _kept_lines(self, ctx: JobContext, out: S3Location, done: int) -> list[str]:
         """The output lines a checkpoint vouches for (lines flushed after it are produced again)."""
@@ -853,6 +801,4 @@ class BatchInferenceHandler(Handler):
                     raise ValueError("not an object")
             except ValueError as exc:
                 record = {"recordId": None, "modelInput": None, "_error": f"Line {number} is not valid JSON: {exc}"}
-            if b"[[fault:job-" in raw:  # may ask a test model's job to end here (RecordRunner.job_fault)
-                record["_jobDirective"] = True
             yield record

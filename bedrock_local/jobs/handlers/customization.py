@@ -28,8 +28,8 @@ from pathlib import Path
 
 from bedrock_local import quotas
 from bedrock_local.engine.catalog import find_foundation_model
-from bedrock_local.jobs.artifacts import model_location, sha256_of, write_manifest
-from bedrock_local.jobs.lifecycle import move
+from bedrock_local.jobs.artifacts import TRAINING_CSV, VALIDATION_CSV, model_location, sha256_of, write_manifest
+from bedrock_local.jobs.lifecycle import move, update_body
 from bedrock_local.jobs.model_sources import ModelSource, local_path
 from bedrock_local.jobs.protocol import Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.storage import ObjectStore, S3Location, StorageError
@@ -39,8 +39,6 @@ from bedrock_local.store.resources import Scope, utcnow
 from bedrock_local.store.schema import Resource
 
 MODEL_KIND = "custom-model"
-VALIDATION_CSV = "validation_artifacts/post_fine_tuning_validation/validation/validation_metrics.csv"
-TRAINING_CSV = "training_artifacts/step_wise_training_metrics.csv"
 MANIFEST = "manifest.json"  # the last object of a checkpoint in the store: it is complete once this exists
 STOP_POLL_SECONDS = 0.2  # how often should_stop() may read the job's status itself
 # A fixed checkpoint spacing, in optimizer steps, instead of the one measured from their cost
@@ -244,9 +242,10 @@ class CustomizationHandler(Handler):
     kind = "customization"
 
     def run(self, ctx: JobContext) -> None:
-        if ctx.settings.ray_address:  # this same method, run in a Ray Train worker (jobs/executors/ray_cluster.py)
-            from bedrock_local.jobs.executors import ray_cluster as ray_executor
-            return ray_executor.run_customization(ctx)
+        ctx.executor.run_job(ctx, self.train)  # here, or in a Ray Train worker (jobs/executors/ray_cluster.py)
+
+    def train(self, ctx: JobContext) -> None:
+        """The job's whole work, from its validation to the published model (resuming from ctx.checkpoint)."""
         from bedrock_local.engine import training
 
         with ctx.db.read_session() as session:
@@ -296,7 +295,7 @@ class CustomizationHandler(Handler):
             with ctx.session() as session:
                 job = ctx.resource(session)  # InProgress, or Stopping when a Stop came in
                 stop.saw(job.status)
-                move(job, job.status, _progress=ctx.progress, trainingMetrics={"trainingLoss": step.training_loss})
+                update_body(job, _progress=ctx.progress, trainingMetrics={"trainingLoss": step.training_loss})
 
         uploads = CheckpointUploads(ctx, root, work / "staging",
                                     on_recorded=lambda rows: self._write_metrics(ctx, body, job_id, rows, []))
@@ -324,7 +323,7 @@ class CustomizationHandler(Handler):
     def _set_phase(self, ctx: JobContext, phase: str, status: str) -> None:
         with ctx.session() as session:
             job = ctx.resource(session)
-            move(job, job.status, statusDetails=_phase(job, phase, status))
+            update_body(job, statusDetails=_phase(job, phase, status))
 
     def _read(self, ctx: JobContext, uri: str, customization_type: str, training) -> list[dict]:
         loc = S3Location.parse(uri)

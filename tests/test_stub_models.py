@@ -24,7 +24,7 @@ from conftest import Server
 from test_batch_inference import (OUT_BUCKET, ROLE, create_job, job_folder, put_input, read_manifest, read_out, unique,
                                   wait_final)
 
-from bedrock_local.engine import aliases, stub_models as test_models
+from bedrock_local.engine import aliases, stub_models
 from bedrock_local.engine.formats import EmbeddingRequest, FormatError, TextRequest, parse_invoke
 
 TEXT = "bedrock-local.test-text-v1:0"
@@ -115,7 +115,7 @@ def prompt(text: str, max_tokens: int = 512, stops=(), **sampling) -> TextReques
 
 
 def test_the_answer_is_the_prompts_words_reversed_with_honest_counts():
-    model = test_models.TestTextModel()
+    model = stub_models.StubTextModel()
     [result] = model.generate([prompt(SENTENCE)])
     assert result.text == "world wide whole the to hello Say" == reverse(SENTENCE)
     assert (result.input_tokens, result.output_tokens, result.stop_reason) == (7, 7, "end_turn")
@@ -133,13 +133,13 @@ def test_chat_answers_the_last_user_message_and_counts_every_word_read():
                      {"role": "assistant", "content": "an answer"},
                      {"role": "user", "content": [{"type": "text", "text": "second"}, {"type": "text", "text": "one"}]},
                      {"role": "assistant", "content": "Prefill"}]}).text
-    [result] = test_models.TestTextModel().generate([request])
+    [result] = stub_models.StubTextModel().generate([request])
     assert result.text == "one second"  # the last user message; the assistant prefill is ignored
     assert result.input_tokens == 3 + 3 + 2 + 2 + 1 and result.output_tokens == 2
 
 
 def test_stop_sequences_cut_the_text_like_the_real_generator():
-    model = test_models.TestTextModel()
+    model = stub_models.StubTextModel()
     [result] = model.generate([prompt(SENTENCE, stops=["to", "zzz"])])
     # "world wide whole the to ..." -> cut right before "to"; the words through the stop are counted
     assert (result.text, result.stop_reason, result.stop_sequence, result.output_tokens) == \
@@ -153,19 +153,19 @@ def test_stop_sequences_cut_the_text_like_the_real_generator():
 
 
 def test_sampling_parameters_and_seeds_change_nothing():
-    model = test_models.TestTextModel()
+    model = stub_models.StubTextModel()
     answers = {model.generate([prompt(SENTENCE, temperature=t, top_p=p)], seed=seed)[0].text
                for t in (0.0, 0.7, 1.0) for p in (0.1, 1.0) for seed in (0, 99)}
     assert answers == {reverse(SENTENCE)}
 
 
 def test_an_empty_prompt_is_a_format_error_like_the_real_models():
-    [error] = test_models.TestTextModel().generate([prompt("   \n ")])
+    [error] = stub_models.StubTextModel().generate([prompt("   \n ")])
     assert isinstance(error, FormatError) and "empty" in str(error)
 
 
 def test_streaming_sends_one_delta_per_word_then_the_result():
-    model = test_models.TestTextModel()
+    model = stub_models.StubTextModel()
     from bedrock_local.engine.continuous import Finished, TextDelta
 
     model.start()
@@ -184,7 +184,7 @@ def test_streaming_sends_one_delta_per_word_then_the_result():
 
 
 def test_embeddings_hash_words_deterministically():
-    model = test_models.TestEmbeddingModel()
+    model = stub_models.StubEmbeddingModel()
     texts = ["The cat sat on the mat.", "the cat sat on a mat", "Quarterly revenue grew strongly"]
     a, b, c = model.embed([EmbeddingRequest(text) for text in texts])
     assert a.vector == embedding(texts[0]) and len(a.vector) == 1024
@@ -207,52 +207,58 @@ def test_embeddings_hash_words_deterministically():
 
 
 def test_the_test_models_import_no_torch():
-    code = ("import sys; from bedrock_local.jobs.model_sources import ModelSource, test_engine; "
+    code = ("import sys; from bedrock_local.jobs.model_sources import ModelSource, weightless_engine; "
             "from bedrock_local.engine.formats import TextRequest, EmbeddingRequest; "
-            f"t = test_engine(ModelSource({TEXT!r}, 'text', foundation_model_id={TEXT!r})); "
-            f"e = test_engine(ModelSource({EMBED!r}, 'embedding', foundation_model_id={EMBED!r})); "
+            f"t = weightless_engine(ModelSource({TEXT!r}, 'text', foundation_model_id={TEXT!r})); "
+            f"e = weightless_engine(ModelSource({EMBED!r}, 'embedding', foundation_model_id={EMBED!r})); "
             "t.generate([TextRequest(None, 'a b', None, 5, 0.5, 0.9)]); e.embed([EmbeddingRequest('a b')]); "
             "assert 'torch' not in sys.modules, 'torch imported'; print(type(t).__name__, type(e).__name__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["TestTextModel", "TestEmbeddingModel"]
+    assert done.stdout.split() == ["StubTextModel", "StubEmbeddingModel"]
 
 
 @pytest.mark.parametrize("name", sorted(FAULTS))
 def test_each_directive_injects_its_fault(name):
     code, status = FAULTS[name]
     text = f"please fail [[fault:{name}]] now"
-    [fault] = test_models.TestTextModel().generate([prompt(text)])
-    assert isinstance(fault, test_models.InjectedFault)
+    [fault] = stub_models.StubTextModel().generate([prompt(text)])
+    assert isinstance(fault, stub_models.InjectedFault)
     assert (fault.code, fault.status) == (code, status) and "injected fault" in fault.message
-    with pytest.raises(test_models.InjectedFault) as raised:
-        test_models.TestTextModel().submit(prompt(text), lambda event: None)
+    with pytest.raises(stub_models.InjectedFault) as raised:
+        stub_models.StubTextModel().submit(prompt(text), lambda event: None)
     assert raised.value.code == code
-    [embedded] = test_models.TestEmbeddingModel().embed([EmbeddingRequest(text)])
-    assert isinstance(embedded, test_models.InjectedFault) and embedded.code == code
+    [embedded] = stub_models.StubEmbeddingModel().embed([EmbeddingRequest(text)])
+    assert isinstance(embedded, stub_models.InjectedFault) and embedded.code == code
 
 
 def test_unknown_and_job_directives():
-    [unknown] = test_models.TestTextModel().generate([prompt("x [[fault:explode]]")])
+    [unknown] = stub_models.StubTextModel().generate([prompt("x [[fault:explode]]")])
     assert isinstance(unknown, FormatError) and "explode" in str(unknown) and "model-error" in str(unknown)
-    [job] = test_models.TestTextModel().generate([prompt("x [[fault:job-stop]]")])  # a batch job's, not a request's
+    [job] = stub_models.StubTextModel().generate([prompt("x [[fault:job-stop]]")])  # a batch job's, not a request's
     assert job.text == "[[fault:job-stop]] x"
-    assert test_models.job_directive({"messages": [{"content": [{"text": "a [[fault:job-timeout]]"}]}]}) == "timeout"
-    assert test_models.job_directive({"prompt": "nothing here"}) is None
+    assert stub_models.job_directive({"messages": [{"content": [{"text": "a [[fault:job-timeout]]"}]}]}) == "timeout"
+    assert stub_models.job_directive({"prompt": "nothing here"}) is None
 
 
 def test_fault_rules_are_deterministic():
-    faults = test_models.parse_faults({"throttle": {"every": 3}, "errors": {"fault": "internal", "every": 5}})
+    faults = stub_models.parse_faults({"throttle": {"every": 3}, "errors": {"fault": "internal", "every": 5}})
     hits = {n: faults.call_fault(n, "m") for n in range(1, 16)}
     assert [n for n, f in hits.items() if f and f.code == "ThrottlingException"] == [3, 6, 9, 12, 15]
     assert [n for n, f in hits.items() if f and f.code == "InternalServerException"] == [5, 10]  # 15: throttled first
     assert [n for n in range(1, 16) if faults.record_fault(n, "m")] == [5, 10, 15]  # records are never throttled
-    seeded = test_models.parse_faults({"throttle": {"rate": 0.3, "seed": 5}})
+    seeded = stub_models.parse_faults({"throttle": {"rate": 0.3, "seed": 5}})
     expected = [n for n in range(1, 201) if uniform(5, n) < 0.3]
     assert [n for n in range(1, 201) if seeded.call_fault(n, "m")] == expected
     assert 40 <= len(expected) <= 80
-    job = test_models.parse_faults({"job": {"action": "stop", "afterRecords": 10}})
-    assert [job.job_point(0, 8), job.job_point(8, 8), job.job_point(10, 5), job.job_point(12, 5)] == [None, 2, 0, 0]
+    job = stub_models.parse_faults({"job": {"action": "stop", "afterRecords": 10}})
+
+    def job_point(done: int, count: int) -> int | None:
+        """Where, among the next `count` records of a job that has processed `done`, the job ends."""
+        return next((i for i in range(count) if job.job_signal(done + i + 1, "m") is not None), None)
+
+    assert [job_point(0, 8), job_point(8, 8), job_point(10, 5), job_point(12, 5)] == [None, 2, 0, 0]
+    assert job.job_signal(11, "m").action == "stop" and "after 10 records" in job.job_signal(11, "m").message
 
 
 @pytest.mark.parametrize("faults,field", [
@@ -303,12 +309,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runtime(server):
     """No retries at all (botocore's `max_attempts` counts retries in its legacy mode): every fault is seen."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client("bedrock-runtime", endpoint_url=server.url, region_name="us-east-1",
-                        aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret",
-                        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+    return server.client(service="bedrock-runtime", retries={"total_max_attempts": 1, "mode": "standard"})
 
 
 def failure(call, **kwargs) -> tuple[str, int, str]:

@@ -1,0 +1,244 @@
+"""The model deployment job: a serving node (processes/serving.py) claims it, loads the deployment's
+model, checks that it answers and moves the deployment Creating -> Active (or Failed, with the
+reason); it then serves the model for as long as it holds the job's lease. The same lease carries
+updates (the new model is loaded beside the old one and recorded as UpdateCompleted, or
+UpdateFailed while the old one keeps serving). Loading a served model (`load_served`) lives here
+too: the node loads on-demand models the same way."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from bedrock_local.jobs import lease
+from bedrock_local.jobs.lifecycle import is_final, move, update_body
+from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelFilesUnavailable, ModelSource, load_engine
+from bedrock_local.jobs.protocol import Handler, JobContext, LeaseLost, too_many_interruptions
+from bedrock_local.settings import Settings
+from bedrock_local.storage import ObjectStore
+from bedrock_local.store.database import Database
+from bedrock_local.store.schema import Resource
+
+log = logging.getLogger("bedrock_local.serving")
+
+DEPLOYMENT_JOB = "model-deployment"
+UPDATING, UPDATE_COMPLETED, UPDATE_FAILED = "Updating", "UpdateCompleted", "UpdateFailed"
+SMOKE_TIMEOUT = 600.0  # seconds the first answer of a freshly loaded model may take
+
+
+class LoadFailed(Exception):
+    """A model could not be loaded or did not answer; the message says why."""
+
+
+class Served:
+    """One loaded model: a continuous batcher for a text model, an embedder for an embedding one."""
+
+    def __init__(self, source: ModelSource, kind: str):
+        self.source = source
+        self.kind = kind
+        self.engine = None
+        self.size = 0  # bytes of its weights; 0 for an engine without weights
+
+    def close(self, drain: bool = True) -> None:
+        if self.kind != KIND_EMBEDDING:
+            self.engine.close(drain=drain)
+
+
+def load_served(source: ModelSource, settings: Settings, objects: ObjectStore) -> Served:
+    """Fetch the weights, load the model and check that it answers (blocking: run it in a thread).
+    An engine without weights (engine/stub_models.py) is built by load_engine at once: nothing to
+    fetch, load, check or measure."""
+    served = Served(source, KIND_EMBEDDING if source.kind == KIND_EMBEDDING else "text")
+
+    def load(path):
+        from bedrock_local.engine.model_cache import model_bytes
+
+        engine = _load_weights(source, path)
+        if served.kind != KIND_EMBEDDING:
+            _check_answers(engine)
+        served.size = model_bytes(engine.model)
+        return engine
+
+    try:
+        served.engine = load_engine(source, settings, objects, load)
+    except ModelFilesUnavailable as exc:
+        raise LoadFailed(f"The model's files could not be fetched: {exc}") from exc
+    return served
+
+
+def _load_weights(source: ModelSource, path):
+    """An Embedder (checked with one request) or a started ContinuousBatcher for the weights at `path`."""
+    import torch
+
+    from bedrock_local.engine.formats import EmbeddingRequest
+    from bedrock_local.engine.generation import default_device
+
+    device = default_device()
+    try:
+        if source.kind == KIND_EMBEDDING:
+            from bedrock_local.engine.embeddings import Embedder
+            from bedrock_local.engine.loading import load_embedding_model
+
+            embedder = Embedder(load_embedding_model(path, device=device), device=device)
+            embedder.embed([EmbeddingRequest(text="ping")])
+            return embedder
+        from bedrock_local.engine.continuous import ContinuousBatcher
+        from bedrock_local.engine.loading import load_causal_lm
+
+        model, tokenizer = load_causal_lm(path, dtype=torch.float32, device=device)
+        batcher = ContinuousBatcher(model, tokenizer, device=device)
+        batcher.start()
+        return batcher
+    except Exception as exc:
+        raise LoadFailed(f"The model could not be loaded: {exc}") from exc
+
+
+def _check_answers(batcher) -> None:
+    """A freshly loaded text model must answer one request (else it is closed and LoadFailed)."""
+    from bedrock_local.engine.continuous import Failed, Finished
+    from bedrock_local.engine.formats import TextRequest
+
+    answered = threading.Event()
+    outcome: list = []
+
+    def on_event(event):
+        if isinstance(event, (Finished, Failed)):
+            outcome.append(event)
+            answered.set()
+
+    try:
+        batcher.submit(TextRequest(messages=None, prompt="Hello", system=None, max_tokens=1, temperature=0.0,
+                                   top_p=1.0), on_event)
+    except Exception as exc:
+        batcher.close(drain=False)
+        raise LoadFailed(f"The model loaded but cannot take a request: {exc}") from exc
+    if not answered.wait(SMOKE_TIMEOUT) or not isinstance(outcome[0], Finished):
+        batcher.close(drain=False)
+        why = outcome[0].message if outcome else f"no answer within {SMOKE_TIMEOUT:.0f} s"
+        raise LoadFailed(f"The model loaded but did not answer a test request: {why}")
+
+
+class DeploymentHandler(Handler):
+    """The deployment job's steps, each blocking (a serving node runs them in threads). Unlike a
+    worker's job, `run` ends with the model loaded and the deployment Active, not with the job done:
+    the node serves the model it returns while `renew` says the lease is still its own."""
+
+    kind = DEPLOYMENT_JOB
+
+    def claim(self, db: Database, objects: ObjectStore, settings: Settings, node_id: str) -> JobContext | None:
+        """The next deployment job for node `node_id`, claimed with a lease; None when none waits."""
+        claim = lease.claim(db, node_id, settings.lease_seconds, (self.kind,))
+        if claim is None:
+            return None
+        return JobContext(db=db, objects=objects, settings=settings, claim=claim, worker_id=node_id)
+
+    def run(self, ctx: JobContext) -> tuple[str, Served] | None:
+        """Load the deployment's model, check that it answers and move the deployment Active: its
+        ARN and the model to serve, or None when there is none (the deployment was deleted or has
+        failed, it failed now, or the lease was lost while the model loaded)."""
+        with ctx.db.read_session() as session:
+            resource = ctx.resource(session)
+            ended = resource is None or is_final(resource)
+            arn, body = (None, {}) if resource is None else (resource.arn, dict(resource.body))
+        if ended:
+            with ctx.db.session() as session, session.begin():
+                lease.finish(session, ctx.claim.job_pk, ctx.worker_id)
+            return None
+        # a deployment saves no checkpoint: every claim before this one ended with its serving node
+        # lost while loading or serving the model, and too many end it rather than take down another
+        lost = too_many_interruptions(ctx.claim)
+        if lost:
+            self._end_failed(ctx, f"The serving node loading this model was lost {lost} times (crashed or killed, "
+                                  "perhaps out of memory); it was not tried again.")
+            return None
+        source = ModelSource.from_json(body["_source"])
+        log.info("deployment %s: loading %s", arn, source.reference)
+        try:
+            served = load_served(source, ctx.settings, ctx.objects)
+        except LoadFailed as exc:
+            log.warning("deployment %s failed: %s", arn, exc)
+            self._end_failed(ctx, str(exc))
+            return None
+        if not self._activate(ctx):
+            served.close(drain=False)  # deleted, or taken over, while it loaded
+            return None
+        log.info("deployment %s: Active", arn)
+        return arn, served
+
+    def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None:
+        move(resource, "Failed", failureMessage=message[:2048])
+
+    def renew(self, ctx: JobContext) -> bool:
+        """Renew the lease; whether it is still this node's (else the deployment was deleted or
+        another node took it over, and this node unloads it)."""
+        ours, _ = lease.heartbeat(ctx.db, ctx.claim.job_pk, ctx.worker_id, ctx.settings.lease_seconds)
+        return ours
+
+    def release(self, session, ctx: JobContext) -> None:
+        """Give the deployment up (the node is stopping), so another node takes it over at once."""
+        lease.release(session, ctx.claim.job_pk, ctx.worker_id)
+
+    def pending_update(self, ctx: JobContext) -> ModelSource | None:
+        """The model an UpdateCustomModelDeployment asked for, while that update is Updating."""
+        with ctx.db.read_session() as session:
+            resource = ctx.resource(session)
+            body = {} if resource is None else resource.body
+            if (body.get("updateDetails") or {}).get("updateStatus") == UPDATING and body.get("_pendingSource"):
+                return ModelSource.from_json(body["_pendingSource"])
+        return None
+
+    def update(self, ctx: JobContext, source: ModelSource) -> Served | None:
+        """Load `source` for the pending update and record how the update ended: the new model to
+        switch to, or None (it failed to load, which is recorded with the reason, or the lease was lost)."""
+        try:
+            served = load_served(source, ctx.settings, ctx.objects)
+        except LoadFailed as exc:
+            log.warning("deployment update to %s failed: %s", source.reference, exc)
+            self._record_update(ctx, source, str(exc))
+            return None
+        if not self._record_update(ctx, source, None):
+            served.close(drain=False)
+            return None
+        return served
+
+    # ---- writes, each only while this node still holds the lease ------------------------------
+    @staticmethod
+    def _while_owned(ctx: JobContext, change) -> bool:
+        """`change(session, resource)` in one transaction that holds only while this node still owns
+        the job; False (nothing written) when it does not, or the deployment is gone."""
+        try:
+            with ctx.session() as session:
+                resource = ctx.resource(session)
+                if resource is None:
+                    return False
+                change(session, resource)
+                return True
+        except LeaseLost:
+            return False
+
+    def _activate(self, ctx: JobContext) -> bool:
+        def activate(session, resource: Resource) -> None:
+            if resource.status == "Creating":
+                move(resource, "Active")
+
+        return self._while_owned(ctx, activate)
+
+    def _end_failed(self, ctx: JobContext, message: str) -> None:
+        """The deployment Failed and its job done, in one transaction."""
+        def end(session, resource: Resource) -> None:
+            self.fail(ctx, session, resource, message)
+            lease.finish(session, ctx.claim.job_pk, ctx.worker_id)
+
+        self._while_owned(ctx, end)
+
+    def _record_update(self, ctx: JobContext, source: ModelSource, failure: str | None) -> bool:
+        def record(session, resource: Resource) -> None:
+            if failure is not None:
+                update_body(resource, updateDetails={"modelArn": source.reference, "updateStatus": UPDATE_FAILED},
+                            failureMessage=failure[:2048], _pendingSource=None)
+                return
+            resource.ref_arn = source.reference
+            update_body(resource, updateDetails={"modelArn": source.reference, "updateStatus": UPDATE_COMPLETED},
+                        _source=source.to_json(), _pendingSource=None, failureMessage=None)
+
+        return self._while_owned(ctx, record)

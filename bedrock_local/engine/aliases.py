@@ -2,7 +2,7 @@
 
 Each alias is an AWS foundation model id with the metadata AWS lists for it (name, provider,
 modalities, streaming, customizations), the body format of its provider's InvokeModel requests
-(engine/formats.py) and `runsOn`: the packaged model that answers for it, or one of the test
+(engine/formats/) and `runsOn`: the packaged model that answers for it, or one of the test
 models (`bedrock-local.test-text-v1:0`, `bedrock-local.test-embed-v1:0`, engine/stub_models.py),
 which load nothing and answer a documented function of the input. The default map sends
 text ids to SmolLM2 and embedding ids to MiniLM. A JSON file (`serve --model-aliases FILE`) adds

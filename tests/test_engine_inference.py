@@ -251,7 +251,7 @@ PROMPTS = ["hello", "the quick brown fox jumps over the lazy dog", "what is the 
 
 def greedy_ids(generator, request, new_tokens):
     """Token ids of a plain model.generate greedy run (the baseline a user would write)."""
-    ids = generator._prompt_ids(request)
+    ids = generator.prompt_ids(request)
     with torch.no_grad():
         out = generator.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,

@@ -172,7 +172,7 @@ def test_max_tokens(batcher, reference):
 
 def test_eos_ends_the_turn(tiny_model, tiny_tokenizer, reference):
     request = chat("the quick brown fox jumps over the lazy dog", max_tokens=10)
-    ids = reference.model.generate(torch.tensor([reference._prompt_ids(request)]), max_new_tokens=10,
+    ids = reference.model.generate(torch.tensor([reference.prompt_ids(request)]), max_new_tokens=10,
                                    min_new_tokens=10, do_sample=False, pad_token_id=0)[0, -10:].tolist()
     eos = ids[3]
     model = copy.deepcopy(tiny_model)

@@ -152,7 +152,7 @@ class ContinuousBatcher(TextModel):
         if request.max_tokens < 1:
             raise FormatError(f"max_tokens must be at least 1, got {request.max_tokens}")
         with self._prompt_lock:
-            ids = self._prompt_ids(request)
+            ids = self.prompt_ids(request)
         row = _Row(0, ids, request, _request_seed(seed, request, ids))
         live = _Live(row, on_event, time.perf_counter(), row_generator(row.seed) if row.sampling else None)
         with self._cond:

@@ -78,7 +78,7 @@ class TextModel:
     # ----------------------------------------------------------------------------------------
     # Prompts
 
-    def _prompt_ids(self, request: TextRequest) -> list[int]:
+    def prompt_ids(self, request: TextRequest) -> list[int]:
         if request.messages is not None:
             ids = self.tokenizer(self._render_chat(request), add_special_tokens=False)["input_ids"]
         else:
@@ -183,7 +183,7 @@ class TextGenerator(TextModel):
         rows: list[_Row] = []
         for index, request in enumerate(requests):
             try:
-                ids = self._prompt_ids(request)
+                ids = self.prompt_ids(request)
             except FormatError as error:
                 results[index] = error
                 continue

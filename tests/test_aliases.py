@@ -163,3 +163,42 @@ def test_an_alias_file_adds_ids_and_a_bad_one_stops_the_server(tmp_path, make_se
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "aliases[0]" in done.stderr and "runsOn" in done.stderr and "no.such-model-v1:0" in done.stderr
+
+
+def test_nova_body_on_the_packaged_model(runtime):
+    body = {"schemaVersion": "messages-v1", "messages": [{"role": "user", "content": [{"text": QUESTION}]}],
+            "inferenceConfig": {"maxTokens": 12, "temperature": 0}}
+    answer = json.loads(runtime.invoke_model(modelId="amazon.nova-micro-v1:0", body=json.dumps(body))["body"].read())
+    assert "Paris" in answer["output"]["message"]["content"][0]["text"]
+    assert answer["stopReason"] in ("end_turn", "max_tokens") and 1 <= answer["usage"]["outputTokens"] <= 12
+
+
+@pytest.mark.parametrize("entry,problem", [
+    ({"modelName": "A name longer than twenty"}, "at most 20"),
+    ({"providerName": "A provider with a long name"}, "at most 20"),
+    ({"profileOnly": True, "inferenceTypesSupported": ["ON_DEMAND"]}, "profileOnly"),
+    ({"geographies": ["mars"]}, "geographies"),
+    ({"toolChoices": ["sometimes"]}, "toolChoices"),
+    ({"countTokens": "yes"}, "countTokens"),
+    ({"lifecycle": "RETIRED"}, "lifecycle"),
+])
+def test_alias_entries_are_checked(entry, problem):
+    from bedrock_local.engine.aliases import AliasError, alias_model
+    with pytest.raises(AliasError) as caught:
+        alias_model({"modelId": "acme.house-model-v1:0", "runsOn": "bedrock-local.test-text-v1:0",
+                     "bodyFormat": "meta-llama", **entry}, "aliases[0]")
+    assert problem in str(caught.value) and "aliases[0]" in str(caught.value)
+
+
+def test_an_aws_id_in_an_alias_file_keeps_what_aws_says_about_it():
+    from bedrock_local.engine.aliases import alias_model
+    sonnet = alias_model({"modelId": "anthropic.claude-sonnet-4-20250514-v1:0", "runsOn": "bedrock-local.test-text-v1:0",
+                          "bodyFormat": "anthropic-messages"}, "aliases[0]")
+    assert (sonnet.model_name, sonnet.provider_name, sonnet.profile_only) == ("Claude Sonnet 4", "Anthropic", True)
+    assert "global" in sonnet.geographies and sonnet.inference_types_supported == () and sonnet.count_tokens
+    on_demand = alias_model({"modelId": "anthropic.claude-sonnet-4-20250514-v1:0", "profileOnly": False,
+                             "runsOn": "bedrock-local.test-text-v1:0", "bodyFormat": "anthropic-messages"}, "a")
+    assert on_demand.inference_types_supported == ("ON_DEMAND",)
+    house = alias_model({"modelId": "bedrock-local.a-rather-long-house-model-v1:0",
+                         "runsOn": "bedrock-local.test-text-v1:0", "bodyFormat": "meta-llama"}, "aliases[0]")
+    assert house.model_name == "a-rather-long-house-" and house.geographies == () and not house.profile_only

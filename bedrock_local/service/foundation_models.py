@@ -1,5 +1,8 @@
 """ListFoundationModels and GetFoundationModel over the model catalog: the packaged models and the
-AWS model ids aliased to them (engine/aliases.py)."""
+AWS model ids aliased to them (engine/aliases.py, AWS's catalog in engine/supported_models.json), each
+described as AWS describes it, within the service model's output shapes (names of at most 20
+characters, inference types of the InferenceType enum: a model AWS serves only through an inference
+profile lists none)."""
 
 from bedrock_local.engine.catalog import FoundationModel, all_foundation_models, find_foundation_model
 from bedrock_local.service.context import Context
@@ -22,7 +25,7 @@ def describe(ctx: Context, model: FoundationModel) -> dict:
         "responseStreamingSupported": model.response_streaming_supported,
         "customizationsSupported": list(model.customizations_supported),
         "inferenceTypesSupported": list(model.inference_types_supported),
-        "modelLifecycle": {"status": "ACTIVE"},
+        "modelLifecycle": {"status": model.lifecycle},
     }
 
 

@@ -5,6 +5,8 @@ Pure functions: no model, no I/O."""
 from .common import (END_TURN, KIND_EMBEDDING, KIND_TEXT, MAX_TOKENS, METRICS_KEY, STOP_SEQUENCE, BodyFormat,
                      EmbeddingRequest, EmbeddingResult, FormatError, InvokeRequest, TextRequest, TextResult)
 from .converse import Converse
+from .nova import AmazonNova, NovaEmbed
+from .openai_chat import OpenAIChat
 from .registry import EMBEDDING_FORMATS, FORMATS, TEXT_FORMATS, parse_invoke, render_invoke
 from .streaming import StreamRenderer, invocation_metrics
 from .vectors import fit_dimensions
@@ -15,6 +17,7 @@ render_converse_response = Converse.render
 __all__ = [
     "END_TURN", "KIND_EMBEDDING", "KIND_TEXT", "MAX_TOKENS", "METRICS_KEY", "STOP_SEQUENCE", "BodyFormat",
     "EmbeddingRequest", "EmbeddingResult", "FormatError", "InvokeRequest", "TextRequest", "TextResult", "Converse",
+    "AmazonNova", "NovaEmbed", "OpenAIChat",
     "EMBEDDING_FORMATS", "FORMATS", "TEXT_FORMATS", "parse_invoke", "render_invoke", "StreamRenderer",
     "invocation_metrics", "fit_dimensions", "parse_converse_body", "render_converse_response",
 ]

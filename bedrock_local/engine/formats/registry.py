@@ -7,16 +7,21 @@ from typing import Any
 
 from .anthropic_messages import AnthropicMessages
 from .checks import an_object
+from .cohere_command import CohereCommandR
 from .cohere_embed import CohereEmbed
 from .common import KIND_EMBEDDING, KIND_TEXT, BodyFormat, EmbeddingResult, FormatError, InvokeRequest, TextResult
 from .meta_llama import MetaLlama
+from .deepseek import DeepSeek
 from .mistral import Mistral
+from .nova import AmazonNova, NovaEmbed
+from .openai_chat import OpenAIChat
 from .titan_embed import TitanEmbed, TitanEmbedV1, TitanEmbedV2
 from .titan_text import TitanText
 
 # In this order a body that looks like several formats names them.
 FORMATS: dict[str, type[BodyFormat]] = {family.name: family for family in (
-    MetaLlama, AnthropicMessages, TitanText, Mistral, TitanEmbedV1, TitanEmbedV2, CohereEmbed, TitanEmbed)}
+    MetaLlama, AnthropicMessages, TitanText, Mistral, AmazonNova, OpenAIChat, DeepSeek, CohereCommandR,
+    TitanEmbedV1, TitanEmbedV2, CohereEmbed, NovaEmbed, TitanEmbed)}
 TEXT_FORMATS = tuple(name for name, family in FORMATS.items() if family.kind == KIND_TEXT)
 EMBEDDING_FORMATS = tuple(name for name, family in FORMATS.items() if family.kind == KIND_EMBEDDING)
 

@@ -53,7 +53,7 @@ def create_model_invocation_job(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
         if (earlier := idempotent_replay(session, ctx, KIND, params)) is not None:
             return {"jobArn": earlier.arn}
-        source = resolve_model_source(session, ctx, params["modelId"])
+        source = resolve_model_source(session, ctx, params["modelId"], profiles=True)
         if invocation_type == "Converse" and source.kind == KIND_EMBEDDING:
             raise ValidationException(f"The model '{params['modelId']}' is an embedding model and does not "
                                       f"support modelInvocationType Converse; use InvokeModel.")

@@ -1,23 +1,41 @@
 """Which model a request names, resolved once for every operation that takes a model id: a
-foundation model id or ARN, or a custom model ARN or name, into the ModelSource a worker or a
-serving node loads (batch inference and customization jobs, and the runtime's on-demand calls)."""
+foundation model id or ARN, an inference profile id or ARN (service/inference_profiles.py), or a custom
+model ARN or name, into the ModelSource a worker or a serving node loads (batch inference and
+customization jobs, and the runtime's on-demand calls)."""
 
 from bedrock_local.engine.catalog import find_foundation_model
 from bedrock_local.jobs.model_sources import ModelSource, custom_source, foundation_source
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import find_model
 from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
+from bedrock_local.service.inference_profiles import invoked_model
 
 FOUNDATION_ARN = ":foundation-model/"
 CUSTOM_ARNS = (":custom-model/", ":imported-model/")
 
 
-def resolve_model_source(session, ctx: Context, identifier: str, *, custom_models: bool = True) -> ModelSource:
-    """The model `identifier` names. With `custom_models` (batch inference, customization) an ARN
-    that is not a foundation model's, or an id no foundation model has, is looked up as a custom
-    model of the caller's scope, which must be Active. Without it (the runtime, where a custom model
-    is invoked through its deployment) a custom model's ARN is refused with that advice, another
-    ARN is not a model to invoke, and an unknown foundation model id is not found."""
+def on_demand_refusal(model_id: str) -> ValidationException:
+    """AWS's answer to an on-demand call of a model it serves only through an inference profile
+    (FoundationModel.profile_only), word for word (its apostrophe is U+2019)."""
+    return ValidationException(
+        f"Invocation of model ID {model_id} with on-demand throughput isn\u2019t supported. Retry your request "
+        "with the ID or ARN of an inference profile that contains this model.")
+
+
+def resolve_model_source(session, ctx: Context, identifier: str, *, custom_models: bool = True,
+                         profiles: bool = False) -> ModelSource:
+    """The model `identifier` names. Without `custom_models` the call is the runtime's, on demand:
+    an inference profile id or ARN names its model; a foundation model AWS serves only through a
+    profile is refused by its bare id or ARN; a custom model's ARN is refused with the advice to
+    deploy it; another ARN is not a model to invoke, and an unknown foundation model id is not found.
+    With `custom_models` (batch inference, customization) an ARN that is not a foundation model's, or
+    an id no foundation model has, is looked up as a custom model of the caller's scope, which must be
+    Active; inference profiles count there only with `profiles` (batch inference takes them,
+    customization does not)."""
+    if profiles or not custom_models:
+        model = invoked_model(session, ctx, identifier)
+        if model is not None:
+            return foundation_source(model)
     if not custom_models and any(marker in identifier for marker in CUSTOM_ARNS):
         raise ValidationException(
             f"The model '{identifier}' is a custom model: invoke it through a custom model deployment "
@@ -27,6 +45,8 @@ def resolve_model_source(session, ctx: Context, identifier: str, *, custom_model
         model_id = identifier.split(FOUNDATION_ARN, 1)[-1]
         foundation = find_foundation_model(model_id)
         if foundation is not None:
+            if not custom_models and foundation.profile_only:
+                raise on_demand_refusal(model_id)
             return foundation_source(foundation)
         if not custom_models:
             raise ResourceNotFoundException(f"The model '{model_id}' does not exist.")

@@ -7,7 +7,8 @@ from bedrock_local.service.registry import operation
 from bedrock_local.store import resources
 from bedrock_local.store.schema import Resource
 
-TAGGABLE = {"custom-model", "model-customization-job", "model-invocation-job", "custom-model-deployment"}
+TAGGABLE = {"custom-model", "model-customization-job", "model-invocation-job", "custom-model-deployment",
+            "application-inference-profile"}
 
 
 def _taggable(session, ctx: Context, arn: str) -> Resource:

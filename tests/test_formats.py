@@ -64,6 +64,13 @@ MINIMAL = {
     "titan-embed-v1": {"inputText": "Hi"},
     "titan-embed-v2": {"inputText": "Hi"},
     "cohere-embed": {"texts": ["Hi"], "input_type": "search_query"},
+    # the catalog's other families (tests/test_nova_format.py and tests/test_catalog.py test them)
+    "amazon-nova": {"messages": [{"role": "user", "content": [{"text": "Hi"}]}]},
+    "openai-chat": {"messages": [{"role": "user", "content": "Hi"}]},
+    "deepseek": {"prompt": "Hi"},
+    "cohere-command-r": {"message": "Hi"},
+    "nova-embed": {"taskType": "SINGLE_EMBEDDING", "singleEmbeddingParams": {
+        "embeddingPurpose": "GENERIC_INDEX", "text": {"truncationMode": "END", "value": "Hi"}}},
 }
 
 
@@ -190,8 +197,9 @@ ALTERNATE = "messages must start with 'user' and alternate between 'user' and 'a
 
 
 @pytest.mark.parametrize("change,expected", [
-    ({"anthropic_version": "2023-06-01"},
-     "modelInput.anthropic_version must be 'bedrock-2023-05-31', got '2023-06-01'"),
+    ({"anthropic_version": "2023-13-01"},
+     "modelInput.anthropic_version must be 'bedrock-2023-05-31' (or the dated API version Anthropic's SDK sends, "
+     "such as '2023-06-01'), got '2023-13-01'"),
     ({"max_tokens": 0}, "modelInput.max_tokens must be an integer at least 1, got 0"),
     ({"max_tokens": "10"}, "modelInput.max_tokens must be an integer at least 1, got '10'"),
     ({"messages": []}, "modelInput.messages must hold at least one message"),
@@ -230,18 +238,20 @@ def test_anthropic_required_fields(missing):
     assert error("anthropic-messages", body) == f"modelInput.{missing} is required"
 
 
-@pytest.mark.parametrize("block_type", ["image", "document", "tool_use", "tool_result", "thinking"])
+@pytest.mark.parametrize("block_type", ["image", "document", "tool_use", "thinking"])
 def test_anthropic_other_block_types_named(block_type):
     body = {**MINIMAL["anthropic-messages"],
             "messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": block_type}]}]}
+    here = " here" if block_type == "tool_use" else ""  # a user turn takes tool_result blocks, not tool_use
     assert error("anthropic-messages", body) == (
-        f"modelInput.messages[0].content[1].type '{block_type}': this server's models take only 'text' content blocks")
+        f"modelInput.messages[0].content[1].type '{block_type}': this server's models take only 'text' content "
+        f"blocks{here}")
 
 
 def test_anthropic_unsupported_documented_fields_named():
     base = MINIMAL["anthropic-messages"]
     assert error("anthropic-messages", {**base, "tools": [{"name": "x"}]}) == (
-        "modelInput.tools: this server's models do not support tool use")
+        "modelInput.tools[0].input_schema is required")
     assert "extended thinking" in error("anthropic-messages", {**base, "thinking": {"type": "enabled"}})
     assert parse_invoke("anthropic-messages", {**base, "tools": []}).text is not None  # no tools at all
     message = error("anthropic-messages", {**base, "messages": [
@@ -523,11 +533,12 @@ def test_text_characters_allowed_at_the_limit():
     ("meta-llama", {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 5,
                     "messages": [{"role": "user", "content": "Hi"}]}, "Meta Llama", "prompt",
      "Anthropic Claude Messages"),
-    ("meta-llama", {"prompt": "Hi", "max_tokens": 5}, "Meta Llama", "prompt", "Mistral AI text completion"),
+    ("meta-llama", {"prompt": "Hi", "max_tokens": 5}, "Meta Llama", "prompt",
+     "Mistral AI text completion or DeepSeek text completion"),
     ("mistral", {"inputText": "Hi", "textGenerationConfig": {}}, "Mistral AI text completion", "prompt",
      "Amazon Titan Text"),
     ("titan-text", {"prompt": "Hi", "max_tokens": 5, "stop": []}, "Amazon Titan Text", "inputText",
-     "Mistral AI text completion"),
+     "Mistral AI text completion or DeepSeek text completion"),
     ("titan-embed-v2", {"texts": ["Hi"], "input_type": "search_query"}, "Amazon Titan Text Embeddings V2",
      "inputText", "Cohere Embed"),
     ("cohere-embed", {"inputText": "Hi", "dimensions": 256}, "Cohere Embed", "texts, input_type",
@@ -546,8 +557,8 @@ def test_wrong_provider_message_in_full():
     assert error("anthropic-messages", {"prompt": "Hi"}) == (
         "modelInput has unknown field(s) 'prompt': this model takes the Anthropic Claude Messages body "
         "(anthropic_version, max_tokens, messages required); allowed: anthropic_version, max_tokens, messages, "
-        "system, temperature, top_p, top_k, stop_sequences; the body looks like the Meta Llama or "
-        "Mistral AI text completion body, which this model does not take")
+        "system, temperature, top_p, top_k, stop_sequences, tools, tool_choice; the body looks like the Meta Llama or "
+        "Mistral AI text completion or DeepSeek text completion body, which this model does not take")
     assert error("titan-text", {"inputText": "x", "bogus": 1}) == (
         "modelInput has unknown field(s) 'bogus': this model takes the Amazon Titan Text body (inputText required); "
         "allowed: inputText, textGenerationConfig")
@@ -804,3 +815,57 @@ def test_validated_converse_requests_parse_as_batch_records_do():
                     "system[0]: content block 'cachePoint'", "stopSequences may hold at most 4 strings",
                     "temperature must be a number between 0 and 1, got nan", "topP must be a number"):
         assert any(problem in message for message in seen if message != "ok"), problem
+
+
+SCHEMA = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+
+
+def test_anthropic_tools_and_tool_turns_parse_into_the_text_request():
+    body = {**MINIMAL["anthropic-messages"], "tools": [{"name": "search", "input_schema": SCHEMA}],
+            "tool_choice": {"type": "tool", "name": "search"},
+            "messages": [{"role": "user", "content": "find cats"},
+                         {"role": "assistant", "content": [{"type": "text", "text": "Looking."},
+                                                           {"type": "tool_use", "id": "toolu_1", "name": "search",
+                                                            "input": {"q": "cats"}}]},
+                         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                                       "content": [{"type": "text", "text": "3 cats"}],
+                                                       "is_error": True}]}]}
+    text = parse_invoke("anthropic-messages", body).text
+    assert (text.tools, text.tool_choice, text.tool_name) == (
+        [{"name": "search", "description": "", "input_schema": SCHEMA}], "tool", "search")
+    assert text.messages[1:] == [
+        {"role": "assistant", "content": "Looking.",
+         "tool_calls": [{"id": "toolu_1", "name": "search", "arguments": {"q": "cats"}}]},
+        {"role": "tool", "tool_call_id": "toolu_1", "name": "search", "content": "3 cats", "status": "error"}]
+    none = parse_invoke("anthropic-messages", {**body, "tool_choice": {"type": "none"}}).text
+    assert none.tools is None and none.messages == text.messages  # tools offered, none to be called
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"tool_choice": {"type": "tool", "name": "other"}},
+     "The tool 'other' named at modelInput.tool_choice.name is not one of the tools in the request."),
+    ({"tool_choice": {"type": "sometimes"}},
+     "modelInput.tool_choice.type must be one of 'auto', 'any', 'tool', 'none', got 'sometimes'"),
+    ({"tools": [{"name": "a b", "input_schema": SCHEMA}]},
+     "The value at modelInput.tools[0].name must match the pattern [a-zA-Z0-9_-]{1,64}."),
+    ({"tools": [{"type": "bash_20250124", "name": "bash"}]},
+     "modelInput.tools[0].type 'bash_20250124': this server's models take only custom tools (name, description, "
+     "input_schema)"),
+    ({"tools": [{"name": "s", "input_schema": {"type": "object", "properties": 3}}]},
+     "The value at modelInput.tools[0].input_schema.properties is not a valid JSON schema: 3 is not of type "
+     "'object'"),
+])
+def test_anthropic_bad_tools_named(change, expected):
+    body = {**MINIMAL["anthropic-messages"], "tools": [{"name": "search", "input_schema": SCHEMA}], **change}
+    assert error("anthropic-messages", body) == expected
+
+
+def test_converse_renders_tool_calls_and_text():
+    call = {"toolUseId": "tooluse_abc", "name": "search", "input": {"q": "x"}}
+    only_call = Converse.render(TextResult(text="", input_tokens=3, output_tokens=4, stop_reason="tool_use",
+                                           tool_calls=[call]))
+    assert only_call["output"]["message"]["content"] == [{"toolUse": call}]
+    assert only_call["stopReason"] == "tool_use"
+    both = Converse.render(TextResult(text="Let me look.", input_tokens=3, output_tokens=4, stop_reason="tool_use",
+                                      tool_calls=[call]))
+    assert both["output"]["message"]["content"] == [{"text": "Let me look."}, {"toolUse": call}]

@@ -183,6 +183,58 @@ def test_streaming_sends_one_delta_per_word_then_the_result():
         model.submit(prompt(SENTENCE), events.append)
 
 
+TOOL_SCHEMA = {"type": "object", "required": ["city", "unit", "days", "tags", "exact", "ok"],
+               "properties": {"city": {"type": "string", "minLength": 12, "maxLength": 14},
+                              "unit": {"enum": ["celsius", "fahrenheit"]}, "days": {"type": "integer", "minimum": 9,
+                                                                                    "maximum": 12},
+                              "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+                              "exact": {"const": 7}, "ok": {"type": "boolean"}, "left_out": {"type": "string"}}}
+
+
+def tools_request(messages, choice="auto", name=None) -> TextRequest:
+    tools = [{"name": "weather", "description": "", "input_schema": TOOL_SCHEMA},
+             {"name": "song", "description": "", "input_schema": {"type": "object", "properties": {}}}]
+    return TextRequest(messages=messages, prompt=None, system=None, max_tokens=100, temperature=0.5, top_p=0.9,
+                       tools=tools, tool_choice=choice, tool_name=name)
+
+
+def test_a_request_with_tools_gets_a_schema_valid_call_the_same_every_time():
+    import jsonschema
+
+    ask = [{"role": "user", "content": "Weather in Paris please"}]
+    [first, second] = stub_models.StubTextModel().generate([tools_request(ask, "tool", "weather")] * 2)
+    assert first.stop_reason == second.stop_reason == "tool_use" and first.text == ""
+    (call,) = first.tool_calls
+    assert call["name"] == "weather" and call["input"] == second.tool_calls[0]["input"]
+    jsonschema.validate(call["input"], TOOL_SCHEMA)
+    assert set(call["input"]) == set(TOOL_SCHEMA["required"])  # required properties only
+    assert call["input"]["exact"] == 7 and call["input"]["days"] == 9 and len(call["input"]["tags"]) == 2
+    assert call["toolUseId"] != second.tool_calls[0]["toolUseId"]
+    # any / auto: a tool chosen by sha256 of the last user text; auto after a tool result: text
+    [any_call] = stub_models.StubTextModel().generate([tools_request(ask, "any")])
+    assert any_call.tool_calls[0]["name"] == ["weather", "song"][
+        int.from_bytes(hashlib.sha256(b"please Paris in Weather").digest()[:8], "big") % 2]
+    loop = ask + [{"role": "assistant", "content": "", "tool_calls": [{"id": "t1", "name": "song", "arguments": {}}]},
+                  {"role": "tool", "tool_call_id": "t1", "name": "song", "content": "sunny and warm"}]
+    [answer] = stub_models.StubTextModel().generate([tools_request(loop)])
+    assert (answer.text, answer.stop_reason, answer.tool_calls) == ("warm and sunny", "end_turn", [])
+    # every word read counts: the tools' JSON and the call's text included
+    assert answer.input_tokens == sum(len((t or "").split()) for t in stub_models.request_texts(tools_request(loop)))
+    assert answer.input_tokens > len("Weather in Paris please sunny and warm".split()) + 10
+
+
+def test_a_streamed_call_sends_its_start_and_input_pieces():
+    from bedrock_local.engine.continuous import Finished, ToolInputDelta, ToolUseStart
+
+    events = []
+    stub_models.StubTextModel().submit(tools_request([{"role": "user", "content": "go"}], "tool", "weather"),
+                                       events.append)
+    assert [type(e) for e in events] == [ToolUseStart, ToolInputDelta, ToolInputDelta, Finished]
+    (call,) = events[-1].result.tool_calls
+    assert (events[0].tool_use_id, events[0].name) == (call["toolUseId"], "weather")
+    assert json.loads(events[1].text + events[2].text) == call["input"]
+
+
 def test_embeddings_hash_words_deterministically():
     model = stub_models.StubEmbeddingModel()
     texts = ["The cat sat on the mat.", "the cat sat on a mat", "Quarterly revenue grew strongly"]

@@ -25,6 +25,11 @@ a `TextResult` are `TextModel`'s and `draw_tokens`' from generation.py, shared w
 engine: a greedy request alone here gives the same tokens as `TextGenerator.generate`, and a
 sampled one the same draws for the same seed.
 
+A request that offers tools carries its `ToolConstraint` (constrained.py): its row's logits are
+masked by its grammar before the token is chosen, and its text goes through a `ToolCallReader`
+(formats/tools.py), so a call streams as `ToolUseStart` then `ToolInputDelta`s (pieces of the
+input's JSON) instead of text, with the same toolUseId as the final result's call.
+
 Streaming holds back text that could still change: an incomplete UTF-8 character (decoded text
 ending in U+FFFD) and a tail that could be the start of a stop sequence, so the stop sequence
 itself is never streamed; the deltas of a request always concatenate to its final text.
@@ -45,7 +50,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from .constrained import ToolConstraint
 from .formats import FormatError, TextRequest, TextResult
+from .formats.tools import ToolCallReader
 from .generation import DEFAULT_BATCH_SIZE, TextModel, _first_stop, _request_seed, _Row, draw_tokens, row_generator
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,21 @@ OUT_OF_MEMORY = "the model ran out of memory; this request was dropped to make r
 
 @dataclass
 class TextDelta:
+    text: str
+
+
+@dataclass
+class ToolUseStart:
+    """A tool call begins: its id and the tool's name."""
+
+    tool_use_id: str
+    name: str
+
+
+@dataclass
+class ToolInputDelta:
+    """A piece of the JSON text of the call's input."""
+
     text: str
 
 
@@ -88,6 +110,8 @@ class _Live:
     read_offset: int = 0  # tokens[read_offset:] are not in `text` yet
     cancelled: str | None = None  # why the request must leave the batch (cancel, a failing handler)
     done: bool = False  # the final event was sent
+    constraint: ToolConstraint | None = None  # requests with tools: their grammar
+    reader: ToolCallReader | None = None  # requests with tools: their text read as text or a call
 
     @property
     def request(self) -> TextRequest:
@@ -153,8 +177,10 @@ class ContinuousBatcher(TextModel):
             raise FormatError(f"max_tokens must be at least 1, got {request.max_tokens}")
         with self._prompt_lock:
             ids = self.prompt_ids(request)
+            constraint = self.tool_constraint(request)
         row = _Row(0, ids, request, _request_seed(seed, request, ids))
-        live = _Live(row, on_event, time.perf_counter(), row_generator(row.seed) if row.sampling else None)
+        live = _Live(row, on_event, time.perf_counter(), row_generator(row.seed) if row.sampling else None,
+                     constraint=constraint, reader=ToolCallReader(request.tools) if request.tools else None)
         with self._cond:
             if self._closing:
                 raise RuntimeError("the model is being unloaded; it takes no new requests")
@@ -312,7 +338,13 @@ class ContinuousBatcher(TextModel):
         self._hand_out(self._rows, tokens.tolist())
 
     def _choose(self, logits: torch.Tensor, rows: list[_Live]) -> torch.Tensor:
-        """Each row's next token: the argmax for greedy rows, a seeded draw for sampling ones."""
+        """Each row's next token: the argmax for greedy rows, a seeded draw for sampling ones; rows
+        with tools choose among the tokens their grammar allows."""
+        constrained = [(j, live.constraint) for j, live in enumerate(rows) if live.constraint is not None]
+        if constrained:
+            logits = logits.clone()  # the forward pass's logits are inference tensors: not writable here
+            for j, constraint in constrained:
+                constraint.restrict(logits, j)
         tokens = logits.argmax(dim=-1)
         sampling = [j for j, live in enumerate(rows) if live.generator is not None]
         if sampling:
@@ -387,6 +419,8 @@ class ContinuousBatcher(TextModel):
 
     def _take(self, live: _Live, token: int) -> None:
         live.tokens.append(token)
+        if live.constraint is not None:
+            live.constraint.take(token)
         request = live.request
         if token in self.eos_ids or len(live.tokens) >= request.max_tokens:
             self._finish_live(live, None)
@@ -403,7 +437,20 @@ class ContinuousBatcher(TextModel):
         if end > live.streamed:
             delta = live.text[live.streamed : end]
             live.streamed = end
-            self._send(live, TextDelta(delta))
+            self._stream(live, delta)
+
+    def _stream(self, live: _Live, text: str) -> None:
+        """Send generated text: as it is, or (a request with tools) as its reader reads it."""
+        if live.reader is None:
+            self._send(live, TextDelta(text))
+            return
+        for kind, value in live.reader.feed(text):
+            if kind == "text":
+                self._send(live, TextDelta(value))
+            elif kind == "tool_use":
+                self._send(live, ToolUseStart(value["toolUseId"], value["name"]))
+            else:
+                self._send(live, ToolInputDelta(value))
 
     def _read(self, live: _Live) -> None:
         """Incremental decoding: the text of the new tokens, decoded with the few tokens before
@@ -416,16 +463,16 @@ class ContinuousBatcher(TextModel):
 
     def _finish_live(self, live: _Live, stopped_at: int | None) -> None:
         latency_ms = int((time.perf_counter() - live.submitted) * 1000)
-        result = self._finish(live.row, live.tokens, stopped_at, latency_ms)
+        result = self._finish(live.row, live.tokens, stopped_at, latency_ms, raw=True)
         streamed = live.text[: live.streamed]
         if not result.text.startswith(streamed):  # the tokenizer decoded a prefix differently
             log.warning("streamed text is not a prefix of the final text; the final text keeps what was streamed")
             common = _common_prefix_length(streamed, result.text)
             result.text = streamed + result.text[common:]
         if len(result.text) > len(streamed):
-            self._send(live, TextDelta(result.text[len(streamed) :]))
+            self._stream(live, result.text[len(streamed) :])
         live.streamed = len(live.text)
-        self._final(live, Finished(result))
+        self._final(live, Finished(self._read_tools(result, live.request, live.reader)))
 
     def _send(self, live: _Live, event: object) -> None:
         try:

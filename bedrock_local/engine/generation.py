@@ -12,8 +12,13 @@ So a request gives the same output whatever else is in its batch, and the same i
 give the same outputs. A stopping criterion (`_RowStops`) ends each row at its own max_tokens or
 at its first stop sequence; end of turn is the tokenizer's / model's EOS.
 
+A request that offers tools is decoded under its tool grammar (constrained.py: `_RowConstraints`
+masks each such row's logits before any sampling), and its text read back as text or a tool call
+(formats/tools.py ToolCallReader) when it becomes a `TextResult`.
+
 What every generator of text shares lives in `TextModel` (prompt ids from a chat template or a raw
-prompt, the context check, EOS and pad ids, how generated tokens become a `TextResult`) and in
+prompt, tools included, the context check, EOS and pad ids, how generated tokens become a
+`TextResult`, the tool constraint of a request) and in
 `draw_tokens` (seeded temperature/top-p sampling): `TextGenerator` here (batch jobs) and
 `ContinuousBatcher` in continuous.py (serving) both build on them, so a request gives the same
 result through either.
@@ -28,7 +33,9 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from .constrained import ToolConstraint, chat_messages, template_knows_tools
 from .formats import END_TURN, MAX_TOKENS, STOP_SEQUENCE, FormatError, TextRequest, TextResult
+from .formats.tools import ToolCallReader
 
 DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
 
@@ -102,31 +109,58 @@ class TextModel:
                 "this model's tokenizer has no chat template, so it cannot take messages; "
                 "use InvokeModel with a prompt instead"
             )
-        messages = [dict(m) for m in request.messages or []]
+        # tools and tool turns: the template's own way where it knows tools, else the plain form
+        messages, system, tools = chat_messages(request, template_knows_tools(self.tokenizer))
         prefill = ""
-        if messages and messages[-1]["role"] == "assistant":  # the answer starts with this text
-            prefill = messages.pop()["content"]
+        if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
+            prefill = messages.pop()["content"]  # the answer starts with this text
         try:
-            if request.system is not None:
+            if system is not None:
                 try:
-                    text = self._apply_template([{"role": "system", "content": request.system}, *messages])
+                    text = self._apply_template([{"role": "system", "content": system}, *messages], tools)
                 except Exception:  # templates that refuse a system role: put it in the first turn
                     first = dict(messages[0])
-                    first["content"] = f"{request.system}\n\n{first['content']}"
-                    text = self._apply_template([first, *messages[1:]])
+                    first["content"] = f"{system}\n\n{first['content']}"
+                    text = self._apply_template([first, *messages[1:]], tools)
             else:
-                text = self._apply_template(messages)
+                text = self._apply_template(messages, tools)
         except Exception as exc:
             raise FormatError(f"the model's chat template cannot render these messages: {exc}") from exc
         return text + prefill
 
-    def _apply_template(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def _apply_template(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        extra = {"tools": tools} if tools else {}
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
+
+    def tool_constraint(self, request: TextRequest) -> ToolConstraint | None:
+        """The constrained decoding of a request that offers tools (None without tools); a schema
+        the grammar compiler cannot take is a FormatError."""
+        if not request.tools:
+            return None
+        if request.prompt is not None:
+            raise FormatError("tools go with messages, not with a raw prompt")
+        return ToolConstraint(request, self.tokenizer, self.eos_ids)
+
+    def _read_tools(self, result: TextResult, request: TextRequest, reader: ToolCallReader | None) -> TextResult:
+        """`result`, whose text is what the model generated, as text or a tool call (`reader`: the one
+        that streamed it, so the toolUseId stays the same)."""
+        if not request.tools:
+            return result
+        if reader is None:
+            reader = ToolCallReader(request.tools)
+            reader.feed(result.text)
+        text, calls, reason = reader.finish()
+        result.text, result.tool_calls = text, calls
+        if reason is not None:
+            result.stop_reason = reason
+        return result
 
     # ----------------------------------------------------------------------------------------
     # Results
 
-    def _finish(self, row: _Row, tokens: list[int], stopped_at: int | None, latency_ms: int) -> TextResult:
+    def _finish(self, row: _Row, tokens: list[int], stopped_at: int | None, latency_ms: int, *,
+                raw: bool = False) -> TextResult:
+        """The result of a row's generated tokens; `raw`: its text as generated, tool calls not read."""
         request = row.request
         end = min(len(tokens), request.max_tokens)
         reason = MAX_TOKENS
@@ -142,13 +176,14 @@ class TextModel:
         if cut is not None:
             text, reason = text[:cut], STOP_SEQUENCE
             end = self._tokens_through_stop(tokens, request.stop_sequences)
-        return TextResult(
+        result = TextResult(
             text=text,
             input_tokens=len(row.ids),
             output_tokens=end,
             stop_reason=reason,
             latency_ms=latency_ms,
         )
+        return result if raw else self._read_tools(result, request, None)
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -184,6 +219,7 @@ class TextGenerator(TextModel):
         for index, request in enumerate(requests):
             try:
                 ids = self.prompt_ids(request)
+                self.tool_constraint(request)  # a schema the grammar cannot take fails here, alone
             except FormatError as error:
                 results[index] = error
                 continue
@@ -235,6 +271,8 @@ class TextGenerator(TextModel):
             eos_token_id=sorted(self.eos_ids) or None,
         )
         processors = LogitsProcessorList()
+        if any(row.request.tools for row in rows):  # before sampling: draws come from allowed tokens only
+            processors.append(_RowConstraints(rows, width, self))
         if any(row.sampling for row in rows):
             processors.append(_RowSampler(rows, self.device))
         stops = _RowStops(rows, width, self.tokenizer, self.device)
@@ -339,6 +377,23 @@ def _nucleus_pick(sorted_probs, sorted_ids, top_p, draws) -> torch.Tensor:
     outside[:, 0] = False
     position = _inverse_cdf(sorted_probs.masked_fill(outside, 0.0), draws)
     return sorted_ids.gather(1, position)
+
+
+class _RowConstraints(LogitsProcessor):
+    """The tool grammar of each row that offers tools (constrained.ToolConstraint): takes the row's
+    last token, then leaves only the tokens the grammar allows next finite."""
+
+    def __init__(self, rows: list[_Row], prompt_width: int, model: TextModel):
+        self.prompt_width = prompt_width
+        self.constraints = {j: model.tool_constraint(row.request) for j, row in enumerate(rows) if row.request.tools}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids.shape[1] > self.prompt_width
+        for j, constraint in self.constraints.items():
+            if generated:
+                constraint.take(int(input_ids[j, -1]))
+            constraint.restrict(scores, j)
+        return scores
 
 
 class _RowStops(StoppingCriteria):

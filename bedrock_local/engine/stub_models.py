@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import re
 import string
@@ -17,6 +18,8 @@ from typing import Any, Callable
 from .errors import JobSignal, ModelCallError
 from .formats import (END_TURN, MAX_TOKENS, STOP_SEQUENCE, EmbeddingRequest, EmbeddingResult, FormatError,
                       TextRequest, TextResult)
+from .formats.common import TOOL_USE
+from .formats.tools import call_text, new_tool_use_id, validate_input
 
 TEST_TEXT_MODEL = "bedrock-local.test-text-v1:0"
 TEST_EMBEDDING_MODEL = "bedrock-local.test-embed-v1:0"
@@ -296,18 +299,96 @@ class _Calls:
 
 
 def request_texts(request: TextRequest) -> list[str | None]:
-    """Every text the model reads: the system text, each message, the prompt."""
-    return [request.system, *(m["content"] for m in request.messages or []), request.prompt]
+    """Every text the model reads: the system text, each message (an assistant's tool calls as their
+    call text, formats/tools.py), the prompt, and each tool offered as JSON."""
+    texts = [request.system]
+    for m in request.messages or []:
+        texts.append(m["content"])
+        texts += [call_text(c["name"], c["arguments"]) for c in m.get("tool_calls") or []]
+    texts.append(request.prompt)
+    texts += [json.dumps(tool, ensure_ascii=False) for tool in request.tools or []]
+    return texts
 
 
 def answer_words(request: TextRequest) -> list[str]:
-    """The words the answer is made of: those of the last user message (or the prompt), reversed."""
+    """The words the answer is made of: those of the last user message or tool result (or the
+    prompt), reversed."""
     if request.messages is not None:
-        users = [m["content"] for m in request.messages if m["role"] == "user"]
+        users = [m["content"] for m in request.messages if m["role"] in ("user", "tool")]
         source = users[-1] if users else ""
     else:
         source = request.prompt or ""
     return words(source)[::-1]
+
+
+# --------------------------------------------------------------------------------------------
+# Tool calls (docs/stub-models.md "Tool use")
+
+
+def chosen_tool(request: TextRequest) -> dict | None:
+    """The tool the test model calls, or None when it answers text: toolChoice tool: that tool; any:
+    the tool at sha256(last user text) modulo the number of tools; auto: the same, unless the last
+    turn is a tool result (then it answers text, so an agent loop ends)."""
+    tools = request.tools or []
+    if not tools or request.messages is None:
+        return None
+    if request.tool_choice == "tool":
+        return next(t for t in tools if t["name"] == request.tool_name)
+    if request.tool_choice not in ("any", "tool") and request.messages[-1]["role"] == "tool":
+        return None
+    return tools[_digest(" ".join(answer_words(request))) % len(tools)]
+
+
+def tool_input(schema: dict, request: TextRequest) -> Any:
+    """A value that validates against `schema`, built from the schema and the last user text alone."""
+    value = _instance(schema, answer_words(request)[::-1], "")
+    problem = validate_input(schema, value)
+    if problem is not None:
+        raise FormatError(f"the test model cannot build an input for this schema ({problem}); it takes "
+                          "types, properties, required, enum, const, items, minimum/maximum and lengths")
+    return value
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def _instance(schema: Any, source: list[str], path: str) -> Any:
+    """The value of `schema` at `path`: const, else the enum member at sha256(path + words), else by type."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    key = _digest(path + "|" + " ".join(source))
+    if schema.get("enum"):
+        return schema["enum"][key % len(schema["enum"])]
+    for combined in ("anyOf", "oneOf", "allOf"):
+        if schema.get(combined):
+            return _instance(schema[combined][0], source, path)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: _instance(properties.get(name, {}), source, f"{path}.{name}")
+                for name in schema.get("required", [])}
+    if kind == "array":
+        count = max(schema.get("minItems", 1), 0)
+        count = min(count, schema.get("maxItems", count))
+        return [_instance(schema.get("items", {}), source, f"{path}[{i}]") for i in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -math.inf))
+        high = schema.get("maximum", schema.get("exclusiveMaximum", math.inf))
+        value = min(max(len(source), math.floor(low) + 1 if "exclusiveMinimum" in schema else low),
+                    math.ceil(high) - 1 if "exclusiveMaximum" in schema else high)
+        return int(math.ceil(value)) if kind == "integer" else float(value)
+    if kind == "boolean":
+        return key % 2 == 0
+    if kind == "null":
+        return None
+    text = source[key % len(source)] if source else "test"
+    text = text[: schema.get("maxLength", len(text))]
+    return text + "x" * max(0, schema.get("minLength", 0) - len(text))
 
 
 def answer(request: TextRequest) -> TextResult:
@@ -318,6 +399,9 @@ def answer(request: TextRequest) -> TextResult:
                           "words)")
     if request.max_tokens < 1:
         raise FormatError(f"max_tokens must be at least 1, got {request.max_tokens}")
+    tool = chosen_tool(request)
+    if tool is not None:
+        return _call(request, tool, input_tokens)
     reply = answer_words(request)
     limit = min(request.max_tokens, len(reply))
     text = " ".join(reply[:limit])
@@ -330,6 +414,18 @@ def answer(request: TextRequest) -> TextResult:
                           stop_reason=STOP_SEQUENCE, stop_sequence=stop)
     reason = MAX_TOKENS if limit < len(reply) else END_TURN
     return TextResult(text=text, input_tokens=input_tokens, output_tokens=limit, stop_reason=reason)
+
+
+def _call(request: TextRequest, tool: dict, input_tokens: int) -> TextResult:
+    """A call of `tool`: its output tokens are the words of its call text; one that does not fit
+    max_tokens is cut off (no call, MAX_TOKENS), as a model's would be."""
+    arguments = tool_input(tool["input_schema"], request)
+    size = count_tokens(call_text(tool["name"], arguments))
+    if size > request.max_tokens:
+        return TextResult(text="", input_tokens=input_tokens, output_tokens=request.max_tokens,
+                          stop_reason=MAX_TOKENS)
+    return TextResult(text="", input_tokens=input_tokens, output_tokens=size, stop_reason=TOOL_USE,
+                      tool_calls=[{"toolUseId": new_tool_use_id(), "name": tool["name"], "input": arguments}])
 
 
 def _holds_stop(text: str, stops: list[str]) -> bool:
@@ -408,7 +504,7 @@ class StubTextModel(_StubEngine):
         """Answer `request` at once: on_event gets one TextDelta per word, then Finished. Raises
         before any event: RuntimeError (closed), FormatError, or InjectedFault (a directive in the
         request, or the model's throttle / errors rules on this call's number)."""
-        from .continuous import Finished, TextDelta
+        from .continuous import Finished, TextDelta, ToolInputDelta, ToolUseStart
 
         if self._closing:
             raise RuntimeError("the model is being unloaded; it takes no new requests")
@@ -418,8 +514,16 @@ class StubTextModel(_StubEngine):
         if fault is not None:
             raise fault
         result = answer(request)
-        for piece in stream_pieces(request, result):
-            on_event(TextDelta(piece))
+        for call in result.tool_calls:  # the input's JSON in two pieces, as a model streams it
+            on_event(ToolUseStart(call["toolUseId"], call["name"]))
+            document = json.dumps(call["input"], ensure_ascii=False)
+            half = len(document) // 2
+            for piece in (document[:half], document[half:]):
+                if piece:
+                    on_event(ToolInputDelta(piece))
+        if not result.tool_calls:
+            for piece in stream_pieces(request, result):
+                on_event(TextDelta(piece))
         on_event(Finished(result))
         return _Done()
 

@@ -20,6 +20,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 
+from bedrock_local.engine.catalog import TOOL_CHOICES, find_foundation_model
 from bedrock_local.engine.formats import (KIND_EMBEDDING, Converse, EmbeddingResult, FormatError, InvokeRequest,
                                           StreamRenderer, TextResult, invocation_metrics, parse_invoke,
                                           render_converse_response, render_invoke)
@@ -35,7 +36,7 @@ from bedrock_local.service.registry import operation
 from bedrock_local.store import nodes, resources
 
 UNSUPPORTED_CONVERSE = {
-    "toolConfig": "tool use", "guardrailConfig": "guardrails", "promptVariables": "prompt variables",
+    "guardrailConfig": "guardrails", "promptVariables": "prompt variables",
     "additionalModelRequestFields": "additional model request fields", "outputConfig": "structured output",
 }
 JSON = "application/json"
@@ -68,6 +69,28 @@ def _invoke_request(params: dict, target: Target) -> InvokeRequest:
         return parse_invoke(target.body_format, body, where="body")
     except FormatError as exc:
         raise ValidationException(str(exc))
+
+
+def _tool_choices(target: Target) -> tuple[str, ...]:
+    """The toolChoice kinds the target's model takes: a catalog model's own (none: no tool use); a
+    custom model or a deployment runs an open-weight model under constrained decoding: all of them."""
+    source = target.message_target.get("source") or {}
+    model = find_foundation_model(source.get("foundation_model_id") or "") if source else None
+    return model.tool_choices if model is not None else TOOL_CHOICES
+
+
+def _check_tool_use(target: Target, request: dict, choice_field: str) -> None:
+    """AWS's answers to tools the model cannot take: no tool use at all, or not this toolChoice
+    (`choice_field` names where the body says it, e.g. toolConfig.toolChoice)."""
+    if not request.get("tools"):
+        return
+    choices = _tool_choices(target)
+    if not choices:
+        raise ValidationException("This model doesn't support tool use.")
+    choice = request.get("tool_choice") or "auto"
+    if choice not in choices:
+        raise ValidationException(f"This model doesn't support the {choice_field}.{choice} field. Remove "
+                                  f"{choice_field}.{choice} and try again.")
 
 
 def resolve_target(ctx: Context, model_id: str) -> Target:
@@ -122,13 +145,15 @@ async def _target(ctx: Context, model_id: str) -> Target:
     return await asyncio.to_thread(resolve_target, ctx, model_id)
 
 
-async def _text_call(ctx: Context, params: dict, parse) -> tuple[NodeCall, dict]:
+async def _text_call(ctx: Context, params: dict, parse,
+                     choice_field: str = "toolConfig.toolChoice") -> tuple[NodeCall, dict]:
     """Open the request on its node and read its first message (a delta or the result), so that
     every error before the answer starts is an ordinary error response."""
     target = await _target(ctx, params["modelId"])
     if target.kind == KIND_EMBEDDING:
         raise ValidationException(f"The model '{params['modelId']}' is an embedding model; it cannot generate text.")
     request = parse(params)
+    _check_tool_use(target, request, choice_field)
     call = await NodeCall.open(target, "text", request)
     try:
         return call, await call.next()
@@ -166,6 +191,7 @@ async def invoke_model(ctx: Context, params: dict) -> dict:
         finally:
             call.close()
     else:
+        _check_tool_use(target, request.text.__dict__, "tool_choice.type")
         call = await NodeCall.open(target, "text", request.text.__dict__)
         try:
             first = await call.next()
@@ -177,19 +203,35 @@ async def invoke_model(ctx: Context, params: dict) -> dict:
     return {"body": json.dumps(body).encode(), "contentType": JSON}
 
 
-async def _deltas(call: NodeCall, first: dict) -> AsyncIterator[tuple[str, TextResult | None]]:
-    """("text", None) per streamed piece, then ("", result)."""
+async def _deltas(call: NodeCall, first: dict) -> AsyncIterator[tuple[str, object]]:
+    """The node's messages in order: ("text", piece), ("tool_use", {"toolUseId", "name"}) and
+    ("tool_input", piece of the input's JSON) as they stream, then ("done", TextResult)."""
     try:
         message = first
         while True:
             if "delta" in message:
-                yield message["delta"], None
+                yield "text", message["delta"]
+            elif "tool_use" in message:
+                yield "tool_use", message["tool_use"]
+            elif "tool_input" in message:
+                yield "tool_input", message["tool_input"]
             elif "done" in message:
-                yield "", TextResult(**message["done"])
+                yield "done", TextResult(**message["done"])
                 return
             message = await call.next()
     finally:
         call.close()
+
+
+def _unstreamed_calls(result: TextResult, started: set[str]) -> list[tuple[str, object]]:
+    """The stream events of calls in `result` that were not streamed (a node may give calls only with
+    its result): each call's start and its whole input."""
+    events: list[tuple[str, object]] = []
+    for call in result.tool_calls:
+        if call["toolUseId"] not in started:
+            events.append(("tool_use", {"toolUseId": call["toolUseId"], "name": call["name"]}))
+            events.append(("tool_input", json.dumps(call["input"], ensure_ascii=False)))
+    return events
 
 
 def _stream_error(error: BedrockError, member: str = "modelStreamErrorException") -> dict:
@@ -199,6 +241,35 @@ def _stream_error(error: BedrockError, member: str = "modelStreamErrorException"
     return {names.get(error.code, member): {"message": error.message}}
 
 
+class _ContentBlocks:
+    """ConverseStream's content blocks as AWS streams them: text deltas (no start event); a tool call
+    as a contentBlockStart (toolUseId, name) and contentBlockDeltas of its input's JSON text; each
+    block with its own contentBlockIndex, ended by a contentBlockStop when the next one starts."""
+
+    def __init__(self):
+        self.index = 0
+        self.open = False
+        self.calls: set[str] = set()
+
+    def events(self, kind: str, value) -> list[dict]:
+        if kind == "text":
+            if not value:
+                return []
+            self.open = True
+            return [{"contentBlockDelta": {"delta": {"text": value}, "contentBlockIndex": self.index}}]
+        if kind == "tool_use":
+            events = []
+            if self.open:
+                events.append({"contentBlockStop": {"contentBlockIndex": self.index}})
+                self.index += 1
+            self.open = True
+            self.calls.add(value["toolUseId"])
+            return events + [{"contentBlockStart": {"start": {"toolUse": value}, "contentBlockIndex": self.index}}]
+        if not value:
+            return []
+        return [{"contentBlockDelta": {"delta": {"toolUse": {"input": value}}, "contentBlockIndex": self.index}}]
+
+
 @operation("ConverseStream")
 async def converse_stream(ctx: Context, params: dict) -> dict:
     started = time.perf_counter()
@@ -206,15 +277,19 @@ async def converse_stream(ctx: Context, params: dict) -> dict:
 
     async def events():
         yield {"messageStart": {"role": "assistant"}}
+        blocks = _ContentBlocks()
         try:
-            async for text, result in _deltas(call, first):
-                if result is None:
-                    if text:
-                        yield {"contentBlockDelta": {"delta": {"text": text}, "contentBlockIndex": 0}}
+            async for kind, value in _deltas(call, first):
+                if kind != "done":
+                    for event in blocks.events(kind, value):
+                        yield event
                     continue
+                for kind_, value_ in _unstreamed_calls(value, blocks.calls):
+                    for event in blocks.events(kind_, value_):
+                        yield event
                 latency = int((time.perf_counter() - started) * 1000)
-                rendered = render_converse_response(result, latency_ms=latency)
-                yield {"contentBlockStop": {"contentBlockIndex": 0}}
+                rendered = render_converse_response(value, latency_ms=latency)
+                yield {"contentBlockStop": {"contentBlockIndex": blocks.index}}
                 yield {"messageStop": {"stopReason": rendered["stopReason"]}}
                 yield {"metadata": {"usage": rendered["usage"], "metrics": rendered["metrics"]}}
         except BedrockError as error:
@@ -231,23 +306,33 @@ async def invoke_model_with_response_stream(ctx: Context, params: dict) -> dict:
         raise ValidationException(f"The model '{params['modelId']}' is an embedding model; it does not stream.")
     request = _invoke_request(params, target)
     renderer = StreamRenderer(request, model_id=target.model_id)
-    call, first = await _text_call(ctx, params, lambda p: request.text.__dict__)
+    call, first = await _text_call(ctx, params, lambda p: request.text.__dict__, "tool_choice.type")
 
     async def events():
         # the provider's own streamed chunks (engine/formats StreamRenderer): text as it comes; the
         # token counts, the stop reason and the invocation metrics at the end (the node tells the
         # counts only with the result)
         first_byte = None
+        calls: set[str] = set()
         try:
-            async for text, result in _deltas(call, first):
+            async for kind, value in _deltas(call, first):
                 if first_byte is None:
                     first_byte = int((time.perf_counter() - started) * 1000)
-                if result is None:
-                    chunks = renderer.delta(text)
-                else:
-                    metrics = invocation_metrics(result.input_tokens, result.output_tokens,
+                if kind == "done":
+                    chunks = []
+                    for kind_, value_ in _unstreamed_calls(value, calls):
+                        chunks += (renderer.tool_use(value_["toolUseId"], value_["name"]) if kind_ == "tool_use"
+                                   else renderer.tool_input(value_))
+                    metrics = invocation_metrics(value.input_tokens, value.output_tokens,
                                                  int((time.perf_counter() - started) * 1000), first_byte)
-                    chunks = renderer.finish(result, metrics)
+                    chunks += renderer.finish(value, metrics)
+                elif kind == "text":
+                    chunks = renderer.delta(value)
+                elif kind == "tool_use":
+                    calls.add(value["toolUseId"])
+                    chunks = renderer.tool_use(value["toolUseId"], value["name"])
+                else:
+                    chunks = renderer.tool_input(value)
                 for chunk in chunks:
                     yield {"chunk": {"bytes": json.dumps(chunk).encode()}}
         except BedrockError as error:

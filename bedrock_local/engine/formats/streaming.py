@@ -36,6 +36,7 @@ class StreamRenderer:
         self.model_id = model_id
         self._started = False
         self._input_sent = False
+        self.state: dict = {}  # what a family keeps between chunks (Anthropic's open content block)
 
     def delta(self, text: str, *, input_tokens: int | None = None, output_tokens: int | None = None) -> list[dict]:
         """The chunks to send for a piece of text (none for an empty piece, unless it is the first
@@ -44,6 +45,14 @@ class StreamRenderer:
             return []
         chunks = self._start(input_tokens, output_tokens)
         return chunks + self.family.delta_chunks(self, text, input_tokens, output_tokens)
+
+    def tool_use(self, tool_use_id: str, name: str) -> list[dict]:
+        """The chunks that open a tool call (only families that take tools get one: Anthropic Messages)."""
+        return self._start(None, None) + self.family.tool_use_chunks(self, tool_use_id, name)
+
+    def tool_input(self, piece: str) -> list[dict]:
+        """The chunks of a piece of the open tool call's input (JSON text)."""
+        return self.family.tool_input_chunks(self, piece) if piece else []
 
     def finish(self, result: TextResult, metrics: dict) -> list[dict]:
         """The closing chunk(s); the last carries `metrics` (see `invocation_metrics`)."""

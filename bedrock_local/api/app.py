@@ -2,6 +2,9 @@
 model-driven codecs (the `bedrock` control plane and `bedrock-runtime`, on the same port; their
 routes do not overlap) to the registered operation, and answers errors in the AWS envelope of the
 service the request was for. Operations that stream (ConverseStream, ...) answer event-stream frames.
+Every runtime call passes `Invocations` (service/call_inspection.py) on its way: it is recorded for
+the test endpoint under /_bedrock-local/ (docs/testing-endpoint.md), which this app also answers, and
+handed to model invocation logging.
 """
 
 import inspect
@@ -22,7 +25,8 @@ from bedrock_local.api.validation import validation_message
 from bedrock_local.console.web import PREFIX as CONSOLE_PREFIX, Console
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import BedrockError, InternalServerException, ValidationException
-from bedrock_local.service import load_operations
+from bedrock_local.service import call_inspection, load_operations
+from bedrock_local.service.invocation_logging import Delivery
 from bedrock_local.service.aws_model import load_service_model
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore
@@ -57,6 +61,7 @@ class BedrockApi:
         self._how: dict[str, str] = {}  # per operation: "await" (a coroutine), "inline" or "thread" (_reads_inline)
         self.console = Console(self)
         self.metrics = metrics.RequestMetrics(db)
+        self.invocations = call_inspection.Invocations(Delivery(db, objects, settings.data_dir))
 
     async def __call__(self, scope, receive, send) -> None:
         """The ASGI application uvicorn runs: every HTTP request, whatever its method and path, is
@@ -69,6 +74,8 @@ class BedrockApi:
                 response = self.openapi_response()
             elif scope["path"] == CONSOLE_PREFIX or scope["path"].startswith(CONSOLE_PREFIX + "/"):
                 response = await self.console.handle(Request(scope, receive), new_request_id())
+            elif scope["path"].startswith(call_inspection.PREFIX + "/"):
+                response = await self.inspection_response(scope, receive)
             else:
                 started = time.perf_counter()
                 response = await self._answer(scope, receive)
@@ -98,6 +105,24 @@ class BedrockApi:
                                         self.operations)
             self._openapi = dumps(document)
         return Response(self._openapi, media_type="application/json")
+
+    async def inspection_response(self, scope, receive) -> "Answer":
+        """/_bedrock-local/calls and /scripts: signed like any request, for the caller's own account."""
+        request_id = new_request_id()
+        raw_path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+        query_string = scope.get("query_string", b"").decode("latin-1")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            body = await self._read_body(headers, receive)
+            caller = self.accounts.authenticate(scope["method"], raw_path.split("?", 1)[0], query_string, headers,
+                                                scope["headers"], body)
+        except ClientGone:
+            return Answer(b"", 400, {})
+        except BedrockError as error:
+            status, answer = getattr(error, "http_status", 400), {"__type": error.code, "message": error.message}
+        else:
+            status, answer = call_inspection.handle(caller.account, scope["method"], scope["path"], body)
+        return Answer(dumps(answer), status, {"Content-Type": "application/json", "x-amzn-RequestId": request_id})
 
     def _operation_name(self, scope) -> str:
         """The operation of a request refused before it was routed (authentication), for the metrics."""
@@ -156,12 +181,21 @@ class BedrockApi:
         if how is None:
             how = self._how[op.name] = ("await" if inspect.iscoroutinefunction(function) else
                                         "inline" if self._reads_inline(op) else "thread")
-        if how == "await":
-            result = await function(ctx, params)
-        elif how == "inline":
-            result = function(ctx, params)
-        else:
-            result = await run_in_threadpool(function, ctx, params)
+        call = self.invocations.begin(ctx, op.name, params)  # a runtime call: recorded and logged
+        try:
+            if how == "await":
+                result = await function(ctx, params)
+            elif how == "inline":
+                result = function(ctx, params)
+            else:
+                result = await run_in_threadpool(function, ctx, params)
+        except BedrockError as error:
+            if call is not None:
+                self.invocations.failed(call, error.code, error.message)
+            raise
+        if call is not None:
+            result = self.invocations.finish(call, result, op.output_shape.serialization.get("payload")
+                                             if op.has_event_stream_output else None)
         if op.has_event_stream_output:
             return self._stream(codec, op, result, request_id)
         status, out_headers, payload = codec.serialize_response(op, result or {})

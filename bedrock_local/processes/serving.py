@@ -248,6 +248,8 @@ class ServingNode:
             return
         if message["task"] == "embedding":
             await self._answer_embedding(served, message["request"], writer)
+        elif message["task"] == "count":  # CountTokens (service/count_tokens.py)
+            await self._answer_count(served, message["request"], writer)
         else:
             await self._answer_text(served, message, reader, writer)
 
@@ -271,8 +273,23 @@ class ServingNode:
         writer.write(protocol.encode(reply))
         await writer.drain()
 
+    async def _answer_count(self, served: Served, request: dict, writer) -> None:
+        """`{"done": {"input_tokens": n}}`: the prompt tokens generation would read for `request`
+        (engine/token_count.py), counted on the event loop as `submit` renders its prompts."""
+        from bedrock_local.engine.token_count import prompt_tokens
+
+        if served.kind == KIND_EMBEDDING:
+            reply = protocol.error("ValidationException", "The provided model doesn't support counting tokens.")
+        else:
+            try:
+                reply = {"done": {"input_tokens": prompt_tokens(served.engine, TextRequest(**request))}}
+            except FormatError as exc:
+                reply = _refused(exc)
+        writer.write(protocol.encode(reply))
+        await writer.drain()
+
     async def _answer_text(self, served: Served, message: dict, reader, writer) -> None:
-        from bedrock_local.engine.continuous import Failed, Finished, TextDelta
+        from bedrock_local.engine.continuous import Failed, Finished, TextDelta, ToolInputDelta, ToolUseStart
 
         if served.kind == KIND_EMBEDDING:
             writer.write(protocol.encode(protocol.error("ValidationException",
@@ -312,6 +329,11 @@ class ServingNode:
                 event = getter.result()
                 if isinstance(event, TextDelta):
                     writer.write(protocol.encode({"delta": event.text}))
+                elif isinstance(event, ToolUseStart):  # a tool call begins; its input follows in pieces
+                    writer.write(protocol.encode({"tool_use": {"toolUseId": event.tool_use_id,
+                                                               "name": event.name}}))
+                elif isinstance(event, ToolInputDelta):
+                    writer.write(protocol.encode({"tool_input": event.text}))
                 elif isinstance(event, Finished):
                     writer.write(protocol.encode({"done": event.result.__dict__}))
                     await writer.drain()

@@ -1,6 +1,10 @@
 """The API process's client of the serving nodes: where one request goes (`Target`), the request on
 the node's socket read message by message (`NodeCall`, over node_protocol.py), and a node's error
-line as the modelled exception it names (`node_error`)."""
+line as the modelled exception it names (`node_error`).
+
+Every runtime call reaches a node here, so this is also where the call being answered
+(service/call_inspection.py `current`) learns its model's kind and token counts, and where a test's
+scripted reply for it answers instead of a node."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import contextlib
 from dataclasses import dataclass
 
 from bedrock_local import node_protocol as protocol
-from bedrock_local.service import errors
+from bedrock_local.service import call_inspection, errors
 from bedrock_local.service.errors import BedrockError, ModelNotReadyException
 
 CONNECT_TIMEOUT = 10.0
@@ -30,9 +34,18 @@ class NodeCall:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader = reader
         self.writer = writer
+        self.call = call_inspection.current.get()  # the runtime call it answers, if any
 
     @classmethod
-    async def open(cls, target: Target, task: str, request: dict) -> "NodeCall":
+    async def open(cls, target: Target, task: str, request: dict) -> "NodeCall | _Counted":
+        call = call_inspection.current.get()
+        if call is not None and task != "count":
+            call.kind = target.kind
+            if task == "text":  # a test's scripted reply answers without a node
+                script = call_inspection.SCRIPTS.reply(call.account, {call.model_id, target.model_id}, request)
+                if script is not None:
+                    call.script_id = script.script_id
+                    return _Counted(call_inspection.ScriptedCall(script, request), call)
         host, port = target.endpoint.rsplit(":", 1)
         try:
             reader, writer = await asyncio.wait_for(
@@ -51,11 +64,29 @@ class NodeCall:
         message = protocol.decode(line)
         if "error" in message:
             raise node_error(message["error"])
+        if "done" in message and self.call is not None:
+            self.call.usage(message["done"])
         return message
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+class _Counted:
+    """A scripted reply whose final message gives the call its token counts, as a node's does."""
+
+    def __init__(self, scripted: "call_inspection.ScriptedCall", call):
+        self.scripted, self.call = scripted, call
+
+    async def next(self) -> dict:
+        message = await self.scripted.next()
+        if "done" in message:
+            self.call.usage(message["done"])
+        return message
+
+    def close(self) -> None:
+        self.scripted.close()
 
 
 def node_error(error: dict) -> BedrockError:

@@ -3,10 +3,11 @@ lines both ways.
 
 The API sends one line:
   {"target": {"deployment": "<arn>"} | {"source": <ModelSource json>},
-   "task": "text" | "embedding", "request": <TextRequest fields> | {"items": [<EmbeddingRequest fields>, ...]}}
+   "task": "text" | "embedding" | "count", "request": <TextRequest fields> | {"items": [<EmbeddingRequest fields>, ...]}}
 The node answers, for a text request, zero or more `{"delta": "<text>"}` lines as tokens come out
+(for a tool call, `{"tool_use": {"toolUseId", "name"}}` and then `{"tool_input": "<json piece>"}` lines)
 and then exactly one final line: `{"done": <TextResult fields>}` (`{"done": {"results": [<EmbeddingResult fields>, ...]}}` for
-embeddings) or
+embeddings, `{"done": {"input_tokens": n}}` for a count) or
 `{"error": {"code": "<modelled exception name>", "message": "..."}}`. Closing the connection
 early cancels the request.
 """

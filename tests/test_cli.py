@@ -131,7 +131,7 @@ def test_models_lists_foundation_and_custom_models(server):
     assert result.returncode == 0, result.stderr
     assert "Foundation models (us-east-1)" in result.stdout
     smollm = next(line for line in result.stdout.splitlines() if "huggingface.smollm2-135m-instruct-v1:0" in line)
-    assert "SmolLM2 135M Instruct" in smollm and "FINE_TUNING" in smollm
+    assert "SmolLM2 135M" in smollm and "FINE_TUNING" in smollm
     assert TEST_MODEL in result.stdout
     assert "No custom models." in result.stdout and "No deployments." in result.stdout
     listed = json.loads(cli(server, "models", "--json", "--only", "foundation").stdout)

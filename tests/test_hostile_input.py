@@ -21,6 +21,7 @@ from schemathesis.checks import (content_type_conformance, negative_data_rejecti
 from bedrock_local.api.app import load_service_model
 from bedrock_local.api.openapi import error_statuses, openapi_document
 from bedrock_local.service import load_operations
+from bedrock_local.testing.calls import Calls
 from conftest import Server
 
 MODELS = {name: load_service_model(name) for name in ("bedrock", "bedrock-runtime")}
@@ -240,6 +241,12 @@ def test_nesting_just_below_the_parser_limit_is_answered_too(api):
         # read and validated; then, with no serving node on this API-only server, the modelled 503
         assert (response.status_code, response.headers["x-amzn-ErrorType"]) == (
             503, "ServiceUnavailableException"), (depth, response.text)
+    # each was recorded for the test endpoint, and is listed there whole
+    calls = [call for call in Calls(api.url).list("Converse") if "additionalModelRequestFields" in call["request"]]
+    deepest = calls[-1]["request"]["additionalModelRequestFields"]
+    for _ in range(950):
+        deepest = deepest["a"]
+    assert deepest == 1
 
 
 @pytest.mark.parametrize("value, wrong", [

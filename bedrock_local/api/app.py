@@ -121,8 +121,12 @@ class BedrockApi:
         except BedrockError as error:
             status, answer = getattr(error, "http_status", 400), {"__type": error.code, "message": error.message}
         else:
-            status, answer = call_inspection.handle(caller.account, scope["method"], scope["path"], body)
-        return Answer(dumps(answer), status, {"Content-Type": "application/json", "x-amzn-RequestId": request_id})
+            # in a worker thread: its stack is shallow, and a recorded request may hold a document
+            # nested almost as deep as the parser allows
+            status, answer = await run_in_threadpool(call_inspection.handle, caller.account, scope["method"],
+                                                     scope["path"], body)
+        return Answer(await run_in_threadpool(dumps, answer), status,
+                      {"Content-Type": "application/json", "x-amzn-RequestId": request_id})
 
     def _operation_name(self, scope) -> str:
         """The operation of a request refused before it was routed (authentication), for the metrics."""

@@ -403,8 +403,15 @@ def _timestamp(value, fmt: str):
 
 
 def dumps(value) -> bytes:
-    """Compact JSON (orjson: several times faster than json.dumps on a page of summaries)."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    """Compact JSON (orjson: several times faster than json.dumps on a page of summaries). orjson
+    stops at 255 levels of nesting, and a document member may be nested as deep as the parser took
+    it (near the recursion limit): such a value goes through the standard library's encoder."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        if "Recursion limit" not in str(exc):
+            raise
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def format_timestamp(value: datetime.datetime | str, fmt: str):

@@ -53,14 +53,20 @@ class ScriptError(ValueError):
 
 
 def _size(value) -> int:
-    """About how many bytes a request holds: its blobs and texts (an InvokeModel body may be 25 MB)."""
-    if isinstance(value, (bytes, bytearray, str)):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(_size(v) for v in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(_size(v) for v in value)
-    return 8
+    """About how many bytes a request holds: its blobs and texts (an InvokeModel body may be 25 MB).
+    Walked without recursion: a document member may be nested as deep as the JSON parser allowed."""
+    total, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, (bytes, bytearray, str)):
+            total += len(item)
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+        else:
+            total += 8
+    return total
 
 
 class CallLog:

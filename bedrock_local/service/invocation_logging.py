@@ -157,23 +157,32 @@ class Invocation:
 
 
 def jsonable(value):
-    """`value` as JSON can hold it: blobs (images, documents) as base64 text."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, datetime.datetime):
-        return value.isoformat()
-    return value
+    """`value` as JSON can hold it: blobs (images, documents) as base64 text. Built without recursion:
+    a document member may be nested as deep as the JSON parser allowed."""
+    root = [None]
+    pending = [(root, 0, value)]
+    while pending:
+        into, key, item = pending.pop()
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            into[key] = base64.b64encode(bytes(item)).decode("ascii")
+        elif isinstance(item, dict):
+            into[key] = copy = dict.fromkeys(item)
+            pending.extend((copy, k, v) for k, v in item.items())
+        elif isinstance(item, (list, tuple)):
+            into[key] = copy = [None] * len(item)
+            pending.extend((copy, i, v) for i, v in enumerate(item))
+        elif isinstance(item, datetime.datetime):
+            into[key] = item.isoformat()
+        else:
+            into[key] = item
+    return root[0]
 
 
 def _json_body(raw) -> object:
     """An InvokeModel body or stream chunk as the JSON it holds (its text, or base64, if it holds none)."""
     try:
         return json.loads(bytes(raw))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return jsonable(raw)
 
 

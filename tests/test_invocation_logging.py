@@ -131,7 +131,8 @@ def test_runtime_calls_are_delivered_as_aws_log_records(server):
     invoke_answer = json.loads(invoke["body"].read())
     stream = runtime.converse_stream(modelId=STUB, messages=user("red green"))
     events = [event for event in stream["stream"]]
-    chunks_response = runtime.invoke_model_with_response_stream(modelId=STUB, body=json.dumps(body))
+    chunks_response = runtime.invoke_model_with_response_stream(modelId=STUB, body=json.dumps(body),
+                                                                requestMetadata='{"team": "ranking"}')
     chunks = [json.loads(event["chunk"]["bytes"]) for event in chunks_response["body"]]
     ids = [r["ResponseMetadata"]["RequestId"] for r in (converse, invoke, stream, chunks_response)]
     records = wait_until(lambda: (lambda found: found if all(record_of(found, i) for i in ids) else None)(
@@ -170,6 +171,7 @@ def test_runtime_calls_are_delivered_as_aws_log_records(server):
 
     _, record = record_of(records, ids[3])
     assert record["operation"] == "InvokeModelWithResponseStream"
+    assert record["requestMetadata"] == {"team": "ranking"}  # InvokeModel's header, JSON, logged as the map
     assert record["output"]["outputBodyJson"] == chunks
     assert record["input"]["inputTokenCount"] == 3
 
@@ -203,11 +205,13 @@ def test_a_missing_bucket_does_not_fail_the_call_and_the_record_lands_once_it_ex
     answer = runtime.converse(modelId=STUB, messages=user("before the bucket"))
     assert answer["stopReason"] == "end_turn"
     folder = server.data_dir / "s3" / bucket
+    # delivery runs in the background: the bucket is made only once a write was refused and reported
+    wait_until(lambda: f"to s3://{bucket}/" in server.log.read_text() and "retrying" in server.log.read_text(),
+               30, what="the refused write reported in the server log")
     assert not folder.exists()
     folder.mkdir(parents=True)  # the bucket is created (the folder store's bucket is its folder)
     records = wait_until(lambda: folder_records(folder) or None, 60, what="the record after the retry")
     assert record_of(records, answer["ResponseMetadata"]["RequestId"]) is not None
-    assert "retrying" in server.log.read_text()
 
 
 def test_cloudwatch_records_go_to_a_file_under_the_data_dir(server):
@@ -241,3 +245,19 @@ def test_records_are_delivered_to_an_s3_endpoint(make_server, moto_s3):
     key, record = record_of(wait_until(records, 30, what="the record in moto"), answer["ResponseMetadata"]["RequestId"])
     assert KEY.fullmatch(key).group("prefix") == "p/"
     assert record["output"]["outputBodyJson"]["output"] == answer["output"]
+
+
+@pytest.mark.parametrize("metadata, wrong", [
+    ("{not json", "is not valid JSON"),
+    ('["team"]', "must be a JSON object"),
+    ('{"team": 7}', "Member must be of type string"),
+    ('{"te!am": "a"}', "at 'te!am(key)'"),
+    ("{}", "at 'requestMetadata' failed to satisfy constraint: Member must have length greater than or equal to 1"),
+])
+def test_invoke_model_request_metadata_header_is_checked_as_the_converse_map(server, metadata, wrong):
+    _, runtime = clients(server, "us-west-2")
+    with pytest.raises(ClientError) as raised:
+        runtime.invoke_model(modelId=STUB, body=json.dumps({"prompt": "a b"}), requestMetadata=metadata)
+    error = raised.value.response
+    assert (error["Error"]["Code"], error["ResponseMetadata"]["HTTPStatusCode"]) == ("ValidationException", 400)
+    assert wrong in error["Error"]["Message"]

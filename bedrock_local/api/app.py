@@ -8,6 +8,7 @@ handed to model invocation logging.
 """
 
 import inspect
+import json
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from bedrock_local.api.validation import validation_message
 from bedrock_local.console.web import PREFIX as CONSOLE_PREFIX, Console
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import BedrockError, InternalServerException, ValidationException
-from bedrock_local.service import call_inspection, load_operations
+from bedrock_local.service import call_inspection, load_operations, projects
 from bedrock_local.service.invocation_logging import Delivery
 from bedrock_local.service.aws_model import load_service_model
 from bedrock_local.settings import Settings
@@ -179,8 +180,13 @@ class BedrockApi:
         problem = validation_message(params, op.input_shape) if op.input_shape is not None else None
         if problem:
             raise ValidationException(problem)
+        if isinstance(params.get("requestMetadata"), str):
+            params["requestMetadata"] = self._request_metadata(params["requestMetadata"])
         ctx = Context(caller.account, caller.region, self.db, self.objects, self.settings, request_id,
                       bucket_owners=self.accounts.bucket_owners)
+        if params.get(projects.MEMBER) is not None:
+            projects.check_project(ctx, params[projects.MEMBER], not_found_modelled=any(
+                error.name == "ResourceNotFoundException" for error in op.error_shapes))
         how = self._how.get(op.name)
         if how is None:
             how = self._how[op.name] = ("await" if inspect.iscoroutinefunction(function) else
@@ -205,6 +211,22 @@ class BedrockApi:
         status, out_headers, payload = codec.serialize_response(op, result or {})
         out_headers["x-amzn-RequestId"] = request_id
         return Answer(payload, status, out_headers)
+
+    def _request_metadata(self, text: str) -> dict:
+        """InvokeModel's X-Amzn-Bedrock-Request-Metadata header: the map Converse takes as requestMetadata,
+        as JSON; checked against that map's shape, and passed on as the map."""
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise ValidationException(f"requestMetadata (the X-Amzn-Bedrock-Request-Metadata header) is not "
+                                      f"valid JSON: {exc}")
+        if not isinstance(value, dict):
+            raise ValidationException("requestMetadata (the X-Amzn-Bedrock-Request-Metadata header) must be a "
+                                      "JSON object of string keys and values.")
+        problem = validation_message(value, self.runtime_codec.service_model.shape_for("RequestMetadata"))
+        if problem:
+            raise ValidationException(problem.replace("at 'input'", "at 'requestMetadata'"))
+        return value
 
     def _reads_inline(self, op) -> bool:
         """A read (the model's GET operations: Get*, List*) of the embedded SQLite database runs on the

@@ -166,7 +166,10 @@ def as_answer(resource: Resource | resources.ResourceRow, columns: dict[str, str
 
 # The columns the filters of most List operations compare, beside the module's own table; a timestamp
 # filter (creationTimeAfter, submitTimeBefore, createdAfter, ...) compares the creation time.
-SHARED_FILTERS = {"nameContains": Resource.name, "statusEquals": Resource.status}
+# projectIdentifier: every resource is in the account's default project, the only one (service/projects.py,
+# checked before the operation runs), so it filters nothing out.
+SHARED_FILTERS = {"nameContains": Resource.name, "statusEquals": Resource.status,
+                  "projectIdentifier": lambda value: None}
 FilterRule = QueryableAttribute | Callable  # a column to compare, or value -> condition (None: no condition)
 
 

@@ -37,8 +37,9 @@ from bedrock_local.store import nodes, resources
 
 UNSUPPORTED_CONVERSE = {
     "guardrailConfig": "guardrails", "promptVariables": "prompt variables",
-    "additionalModelRequestFields": "additional model request fields", "outputConfig": "structured output",
+    "additionalModelRequestFields": "additional model request fields",
 }
+UNSUPPORTED_OUTPUT_CONFIG = {"textFormat": "structured output", "effort": "reasoning effort"}
 JSON = "application/json"
 NODE_START_WAIT = 60.0  # seconds a request waits for the serving processes this server started
 
@@ -47,6 +48,10 @@ def _converse_request(params: dict) -> dict:
     for member, what in UNSUPPORTED_CONVERSE.items():
         if params.get(member):
             raise ValidationException(f"This model doesn't support {what} ('{member}').")
+    for member, value in (params.get("outputConfig") or {}).items():
+        if value is not None:
+            what = UNSUPPORTED_OUTPUT_CONFIG.get(member, "this output configuration")
+            raise ValidationException(f"This model doesn't support {what} ('outputConfig.{member}').")
     try:  # the codec checked params against the Converse shape: only what the shape does not say is left
         return Converse.parse(params, where="request", validated=True).__dict__
     except FormatError as exc:

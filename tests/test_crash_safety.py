@@ -7,7 +7,8 @@ restart on the same data dir every job resumes from its last checkpoint, and in 
   and the manifest and the job's counts agree with the lines;
 - copy: the copied model's files are byte-identical to the source's;
 - customization: each attempt resumed from the checkpoint the one before recorded (the trainer
-  began there), the step metrics hold every step exactly once, and a model was produced;
+  began there), the step metrics hold every step exactly once, and a model was produced; once
+  Completed is seen no checkpoint object is left, and in the end no temp file nor local work folder;
 - no accepted request was lost (a job created right before a kill runs after the restart; every ARN
   answered to concurrent Creates during a kill exists afterwards, with no duplicates);
 - a job that kills its worker every time ends Failed after a bounded number of attempts, saying why;
@@ -36,7 +37,7 @@ from sqlalchemy import select
 from bedrock_local.settings import Settings
 from bedrock_local.store.database import open_database
 from bedrock_local.store.schema import Job, Resource
-from conftest import Server, upload_folder, wait_until
+from conftest import SHARED_CACHE, Server, upload_folder, wait_until
 
 SEED = 20261130
 ACCOUNT, REGION, WEST = "123456789012", "us-east-1", "us-west-2"
@@ -424,9 +425,14 @@ def test_customization_resumes_from_its_checkpoint_after_each_kill_9(tmp_path, s
                interval=0.02, what="the training's end")
     kill(server, "customization")
     publishing = job_rows(server)[arn][0].status == "InProgress"
-    if publishing:
+    # the model stored whole and recorded on the job in place of the checkpoint: the next worker
+    # registers it without resuming; before that record it resumes from the checkpoint
+    published = "published" in (job_row(server, arn).checkpoint or {})
+    if publishing and not published:
         recorded.append(recorded_step(server, arn))
-    print(f"\ncustomization: the last kill came {'while publishing' if publishing else 'after the job ended'}")
+    moment = "after the job ended" if not publishing else "after the model was stored" if published else \
+        "while publishing"
+    print(f"\ncustomization: the last kill came {moment}")
     server.start()
     job = wait_until(lambda: (j := client.get_model_customization_job(jobIdentifier=arn))["status"] not in
                      ("InProgress", "Stopping") and j, timeout=900, interval=0.3, what="the training to end")
@@ -446,9 +452,14 @@ def test_customization_resumes_from_its_checkpoint_after_each_kill_9(tmp_path, s
     models = server.data_dir / "s3" / MODEL_BUCKET / ACCOUNT / REGION / "custom-models"
     assert [p.name for p in models.iterdir()] == [job["outputModelArn"].rsplit("/", 1)[1]]
     checkpoints = server.data_dir / "s3" / MODEL_BUCKET / ACCOUNT / REGION / "customization-jobs" / job_id(arn)
-    assert not [p for p in checkpoints.rglob("*") if p.is_file()]  # the ended job left no checkpoint
+    # the ended job left no checkpoint, at the moment Completed is seen (they are deleted before it)
+    assert not [p for p in checkpoints.rglob("*") if p.is_file()]
+    # nor anything half-written by the killed attempts, once its worker is done with it
+    wait_until(lambda: job_row(server, arn).state == "done", timeout=60, what="the job row to be done")
     wait_settled(server)
     check_store(server)
+    assert not list((server.data_dir / "s3").rglob(".bedrock-local-tmp-*"))
+    assert not (SHARED_CACHE / "customization" / job_id(arn)).exists()
 
 
 # ------------------------------------------------------------------------------------------

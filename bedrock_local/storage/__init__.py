@@ -1,6 +1,6 @@
 """storage: the object store behind s3:// URIs (any S3 endpoint, or the embedded folder store)."""
 
-from .base import ObjectStore, open_object_store
+from .base import ObjectStore, open_object_store, sweep_leftovers
 from .errors import InvalidS3Uri, NoSuchBucket, NoSuchKey, StorageError
 from .folder import FolderStore
 from .location import S3Location
@@ -16,4 +16,5 @@ __all__ = [
     "S3Store",
     "StorageError",
     "open_object_store",
+    "sweep_leftovers",
 ]

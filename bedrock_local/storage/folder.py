@@ -3,13 +3,22 @@
 Writes are atomic (temp file in the same folder, then os.replace). No path may leave its
 bucket folder: keys are validated by S3Location, and every path is resolved (following
 symbolic links) and compared with the bucket folder before it is read or written.
+
+A temp file's name says who writes it: `.bedrock-local-tmp-<host>.<pid>-<random>` (<host> a short
+hash of the host name). A kill -9 leaves it behind; `sweep_temporary` removes those whose writer is
+gone (see `is_abandoned`), never one a live process may still be writing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -17,12 +26,99 @@ from .errors import InvalidS3Uri, NoSuchBucket, NoSuchKey, StorageError
 from .location import S3Location, bucket_problem
 
 TMP_PREFIX = ".bedrock-local-tmp-"  # temp files of unfinished writes; never listed
+# A temp file this long unchanged is abandoned whoever wrote it: a live writer changes its file
+# all the time (a copy from local disk, or a hard link made and renamed at once), so this only
+# matters for writers on other hosts sharing the folder, whose processes cannot be looked up here.
+ABANDONED_AFTER_SECONDS = 3600.0
 _COPY_CHUNK = 1024 * 1024
+
+log = logging.getLogger("bedrock_local.storage")
+
+
+def _host_tag(hostname: str) -> str:
+    return hashlib.sha256(hostname.encode()).hexdigest()[:8]
+
+
+def temporary_prefix() -> str:
+    """The start of this process's temp file names: TMP_PREFIX, then `<host>.<pid>-`."""
+    return f"{TMP_PREFIX}{_host_tag(socket.gethostname())}.{os.getpid()}-"
+
+
+def temporary_name() -> str:
+    """A fresh temp file name of this process (for writers that make the file themselves)."""
+    return f"{temporary_prefix()}{uuid.uuid4().hex}"
+
+
+def _started_at(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from /proc; None where it cannot be read."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _process_alive(pid: int, since: float) -> bool:
+    """Whether process `pid` runs and may have written a file last changed at `since`: a process with
+    that pid that started after it (the pid was reused) is another one."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it runs, as another user
+    started = _started_at(pid)
+    return started is None or started <= since + 1.0  # 1 s: btime and the tick count are rounded
+
+
+def is_abandoned(path: Path, now: float | None = None, max_age: float = ABANDONED_AFTER_SECONDS) -> bool:
+    """Whether the temp file `path` is left over from a writer that is gone: its name says this host
+    and a process that no longer runs (or whose pid now belongs to a newer process), or it has not
+    changed for `max_age` seconds (a writer on another host, or a name without an owner)."""
+    try:
+        stat = path.lstat()
+    except FileNotFoundError:
+        return False
+    changed = max(stat.st_mtime, stat.st_ctime)  # ctime: a hard link made now keeps its source's mtime
+    if (time.time() if now is None else now) - changed >= max_age:
+        return True
+    owner = path.name[len(TMP_PREFIX):].split("-", 1)[0]
+    host, _, pid = owner.partition(".")
+    if host != _host_tag(socket.gethostname()) or not pid.isdigit():
+        return False
+    return not _process_alive(int(pid), changed)
+
+
+def sweep_temporary(folder: Path, max_age: float = ABANDONED_AFTER_SECONDS) -> int:
+    """Remove the abandoned temp files (is_abandoned) anywhere under `folder`; answers how many.
+    Folders are not followed through symbolic links; files that vanish meanwhile are skipped."""
+    removed = 0
+    now = time.time()
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if not name.startswith(TMP_PREFIX):
+                continue
+            path = Path(dirpath, name)
+            if is_abandoned(path, now, max_age):
+                try:
+                    path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("cannot remove the abandoned temp file %s: %s", path, exc)
+    if removed:
+        log.info("removed %d temp file(s) of writes cut short (kill -9) under %s", removed, folder)
+    return removed
 
 
 def write_atomically(path: Path, fill: Callable[[BinaryIO], None]) -> None:
     """Create or replace `path` with what `fill` writes, so readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             fill(f)
@@ -201,6 +297,17 @@ class FolderStore:
             except OSError:
                 pass
         return deleted
+
+    def sweep_temporary(self, prefix: S3Location | None = None) -> int:
+        """Remove abandoned temp files (is_abandoned): under `prefix` (a folder of keys), or the whole
+        store; answers how many."""
+        if prefix is None:
+            return sweep_temporary(self.root)
+        bucket_dir = self._existing_bucket_dir(prefix.bucket)
+        folder = bucket_dir.joinpath(*prefix.key.rstrip("/").split("/")) if prefix.key.strip("/") else bucket_dir
+        if not _resolves_inside(folder, bucket_dir) or not folder.is_dir():
+            return 0
+        return sweep_temporary(folder)
 
     def ensure_bucket(self, bucket: str) -> None:
         folder = self._bucket_dir(bucket)

@@ -227,6 +227,27 @@ class S3Store:
             deleted += flush()
         return deleted
 
+    def sweep_temporary(self, prefix: S3Location | None = None) -> int:
+        """Abort the incomplete multipart uploads under `prefix` (what a kill -9 during a big upload
+        leaves: invisible parts the endpoint keeps and bills); answers how many. Only the owner of the
+        prefix calls it (a job's new lease holder, for the job's own keys), so no live upload is cut.
+        Without a prefix nothing is done: a bucket lifecycle rule (AbortIncompleteMultipartUpload)
+        covers an endpoint as a whole (docs/deploy.md)."""
+        if prefix is None:
+            return 0
+        aborted = 0
+        try:
+            pages = self.client.get_paginator("list_multipart_uploads").paginate(Bucket=prefix.bucket,
+                                                                                 Prefix=prefix.key)
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(Bucket=prefix.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    aborted += 1
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, f"abort the incomplete uploads under {prefix.uri}", bucket=prefix.bucket) from e
+        return aborted
+
     def ensure_bucket(self, bucket: str) -> None:
         if self.bucket_exists(bucket):
             return

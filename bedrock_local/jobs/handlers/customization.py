@@ -10,7 +10,14 @@ background thread while training goes on (hard links into the embedded folder st
 the same filesystem, an upload otherwise; one at a time, a newer checkpoint replacing one still
 waiting); its `manifest.json` is written last, and only then is it recorded on the job and the one
 recorded before it deleted. A job taken back after a crash resumes from the recorded checkpoint.
-When the job ends (Completed, Failed or Stopped) its checkpoints are deleted."""
+
+Ending. Once the trained model is whole in the store (its manifest written), that is recorded on
+the job in place of the checkpoint (`published`), then the checkpoints (and the local work folder)
+are deleted, and only then is the job Completed: a Completed job never has checkpoint objects,
+whatever the moment of a kill, and a job taken back after the record registers the stored model
+without training again. Failed and Stopped delete them in the transaction that ends the job. A job
+taken back also removes what its lost attempt's cut writes left under its own keys (storage
+`sweep_temporary`)."""
 
 import csv
 import dataclasses
@@ -28,12 +35,19 @@ from pathlib import Path
 
 from bedrock_local import quotas
 from bedrock_local.engine.catalog import find_foundation_model
-from bedrock_local.jobs.artifacts import TRAINING_CSV, VALIDATION_CSV, model_location, sha256_of, write_manifest
-from bedrock_local.jobs.lifecycle import move, update_body
+from bedrock_local.jobs.artifacts import (
+    TRAINING_CSV,
+    VALIDATION_CSV,
+    model_location,
+    read_manifest,
+    sha256_of,
+    write_manifest,
+)
+from bedrock_local.jobs.lifecycle import is_final, move, update_body
 from bedrock_local.jobs.model_sources import ModelSource, local_path
 from bedrock_local.jobs.protocol import Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.storage import ObjectStore, S3Location, StorageError
-from bedrock_local.storage.folder import TMP_PREFIX, FolderStore
+from bedrock_local.storage.folder import FolderStore, temporary_name
 from bedrock_local.store import resources
 from bedrock_local.store.resources import Scope, utcnow
 from bedrock_local.store.schema import Resource
@@ -86,13 +100,16 @@ def _link_into(objects: FolderStore, loc: S3Location, path: Path) -> bool:
         return False
     bucket_dir = objects.root / loc.bucket
     target = bucket_dir.joinpath(*loc.key.split("/"))
-    temporary = target.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    temporary = target.parent / temporary_name()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.parent.resolve().is_relative_to(bucket_dir) or target.is_dir():
             return False
         os.link(path, temporary)  # EXDEV across filesystems, EPERM where links are not allowed
         os.replace(temporary, target)  # readers see the old object or the new one, as with a copy
+        # rename() of two links to one file does nothing and leaves both: the object is already this
+        # file (a publish retried from the same local folder), and the temp name must not stay
+        temporary.unlink(missing_ok=True)
         return True
     except OSError:
         temporary.unlink(missing_ok=True)
@@ -190,7 +207,7 @@ class CheckpointUploads:
         objects, target = self.ctx.objects, self.root.join(staged.name + "/")
         files = {}
         for file in sorted(p for p in staged.folder.rglob("*") if p.is_file()):
-            if self._cancel.is_set():
+            if self._cancel.is_set() or self.ctx.lost():  # lost: the keys are the new owner's now
                 return
             name = file.relative_to(staged.folder).as_posix()
             store_file(objects, target.join(*name.split("/")), file)
@@ -253,6 +270,13 @@ class CustomizationHandler(Handler):
             if job.status == "Stopping":
                 raise JobStopped()
             body, job_id, account, region = dict(job.body), job.resource_id, job.account, job.region
+        work = ctx.settings.cache_dir / "customization" / job_id
+        root = checkpoint_root(ctx.settings.model_bucket, account, region, job_id)
+        self._sweep(ctx, root, model_location(ctx.settings, account, region, output_model_id(job.arn)),
+                    _output_root(body, job_id))
+        if ctx.checkpoint.get("published"):
+            self._register_published(ctx, root, work)
+            return
         config, _ = training.parse_hyperparameters(body["hyperParameters"], body["customizationType"])
         if os.environ.get(CHECKPOINT_STEPS_ENV):
             config = dataclasses.replace(config, checkpoint_steps=int(os.environ[CHECKPOINT_STEPS_ENV]))
@@ -280,8 +304,6 @@ class CustomizationHandler(Handler):
         self._set_phase(ctx, "dataProcessingDetails", "InProgress")
         ctx.check()
         base = local_path(ModelSource.from_json(body["_model"]), ctx.settings, ctx.objects)
-        work = ctx.settings.cache_dir / "customization" / job_id
-        root = checkpoint_root(ctx.settings.model_bucket, account, region, job_id)
         checkpoints, metrics = self._restore_checkpoint(ctx, work / "checkpoints", root)
         self._set_phase(ctx, "dataProcessingDetails", "Completed")
         self._set_phase(ctx, "trainingDetails", "InProgress")
@@ -309,15 +331,17 @@ class CustomizationHandler(Handler):
             raise CustomizationFailed(f"Invalid training data: {exc}")
         finally:
             uploads.close()
+            self._clean_up_if_taken_over(ctx)
         log.info("job %s: %s after %d steps in %.1f s%s; %d checkpoints took %.2f s of it (%d stored, %.2f s "
                  "in the background)", ctx.claim.job_pk, "stopped" if result.stopped else "trained", result.steps,
                  result.run_seconds, f", resumed from {result.resumed_from.name}" if result.resumed_from else "",
                  len(result.checkpoints), result.checkpoint_seconds, uploads.recorded, uploads.upload_seconds)
+        ctx.check_lease()  # the metrics files are the new owner's to write now
         self._write_metrics(ctx, body, job_id, metrics, result.validation_metrics)
         ctx.check()
         if result.stopped or stop():
             raise JobStopped()
-        self._publish(ctx, work / "model", result)
+        self._publish(ctx, work, root, result)
 
     # ---- phases ----------------------------------------------------------------------------
     def _set_phase(self, ctx: JobContext, phase: str, status: str) -> None:
@@ -384,8 +408,7 @@ class CustomizationHandler(Handler):
     # ---- outputs -------------------------------------------------------------------------
     def _write_metrics(self, ctx: JobContext, body: dict, job_id: str, metrics: list[dict],
                        validation: list[dict]) -> None:
-        out = S3Location.parse(body["outputDataConfig"]["s3Uri"])
-        root = (out if out.is_prefix else S3Location(out.bucket, out.key + "/")).join(f"model-customization-job-{job_id}/")
+        root = _output_root(body, job_id)
         ctx.objects.put_bytes(root.join(*TRAINING_CSV.split("/")),
                               _csv(["step_number", "epoch_number", "training_loss", "perplexity"], metrics))
         if validation:
@@ -394,11 +417,13 @@ class CustomizationHandler(Handler):
             ctx.objects.put_bytes(root.join(*VALIDATION_CSV.split("/")),
                                   _csv(["step_number", "epoch_number", "validation_loss", "perplexity"], rows))
 
-    def _publish(self, ctx: JobContext, folder: Path, result) -> None:
-        """Store the trained model and make it a custom model, Active, then end the job Completed."""
+    def _publish(self, ctx: JobContext, work: Path, root: S3Location, result) -> None:
+        """Store the trained model (from `work`/model) and record it on the job, delete the checkpoints
+        (under `root`), then make it a custom model, Active, and end the job Completed."""
+        folder = work / "model"
         with ctx.db.read_session() as session:
             job = ctx.resource(session)
-            account, region, body, job_id = job.account, job.region, dict(job.body), job.resource_id
+            account, region = job.account, job.region
             if job.status == "Stopping":  # a Stop that came in after the last step: no model
                 raise JobStopped()
         model_id = output_model_id(job.arn)  # the same in a retry after a crash: no second copy is left behind
@@ -409,9 +434,37 @@ class CustomizationHandler(Handler):
             files[name] = {"size": file.stat().st_size, "sha256": sha256_of(file)}
             store_file(ctx.objects, target.join(*name.split("/")), file)  # the work folder goes next
         write_manifest(ctx.objects, target, files)
-        validation_metrics = [{"validationLoss": result.validation_loss}] if result.validation_loss is not None else []
+        # The model is whole in the store: from here a retry registers it rather than training again, so
+        # the checkpoints can go, and they go before Completed is written, not after it: deleted after
+        # it, they would be seen on a Completed job until the delete ran, and after a kill in between
+        # until another worker took the job back to clean up.
+        ctx.save_checkpoint({"published": target.uri, "trainingLoss": result.training_loss,
+                             "validationLoss": result.validation_loss})
+        self._discard_checkpoints(ctx, root, work)
+        shutil.rmtree(work, ignore_errors=True)  # the stored model is what a retry registers
+        self._register(ctx, target, result.training_loss, result.validation_loss)
+
+    def _register_published(self, ctx: JobContext, root: S3Location, work: Path) -> None:
+        """An earlier attempt stored the model and recorded it, then was lost: register that model."""
+        target = S3Location.parse(ctx.checkpoint["published"])
+        try:
+            read_manifest(ctx.objects, target)
+        except (StorageError, ValueError, KeyError) as exc:
+            raise CustomizationFailed(f"The trained model stored at {target.uri} by an earlier attempt of this "
+                                      f"job is no longer whole ({exc}).")
+        log.info("job %s: registering the model stored by an earlier attempt at %s", ctx.claim.job_pk, target.uri)
+        self._discard_checkpoints(ctx, root, work)  # a kill while they were being deleted left some
+        shutil.rmtree(work, ignore_errors=True)
+        self._register(ctx, target, ctx.checkpoint.get("trainingLoss"), ctx.checkpoint.get("validationLoss"))
+
+    def _register(self, ctx: JobContext, target: S3Location, training_loss, validation_loss) -> None:
+        """The stored model at `target` becomes a custom model, Active, and the job Completed, in one
+        transaction (or no model, on a Stop or a name taken meanwhile)."""
+        validation_metrics = [{"validationLoss": validation_loss}] if validation_loss is not None else []
         with ctx.session() as session:
             job = ctx.resource(session)
+            account, region, body = job.account, job.region, dict(job.body)
+            model_id = output_model_id(job.arn)
             if job.status == "Stopping":  # a Stop that came in after the last step: no model
                 ctx.objects.delete_prefix(target)
                 raise JobStopped()
@@ -425,7 +478,7 @@ class CustomizationHandler(Handler):
                        "hyperParameters": body["hyperParameters"], "trainingDataConfig": body["trainingDataConfig"],
                        "validationDataConfig": body["validationDataConfig"],
                        "outputDataConfig": body["outputDataConfig"],
-                       "trainingMetrics": {"trainingLoss": result.training_loss}, "validationMetrics": validation_metrics,
+                       "trainingMetrics": {"trainingLoss": training_loss}, "validationMetrics": validation_metrics,
                        "ownerAccountId": account, "modelKmsKeyArn": body.get("outputModelKmsKeyArn"),
                        "_artifacts": target.uri}
             resources.insert(session, kind=MODEL_KIND, account=account, region=region, resource_id=model_id,
@@ -434,42 +487,92 @@ class CustomizationHandler(Handler):
                              body={k: v for k, v in lineage.items() if v is not None}, tags=body["_customModelTags"])
             ended = utcnow().isoformat()
             move(job, "Completed", outputModelArn=model_arn, endTime=ended,
-                 trainingMetrics={"trainingLoss": result.training_loss}, validationMetrics=validation_metrics,
+                 trainingMetrics={"trainingLoss": training_loss}, validationMetrics=validation_metrics,
                  statusDetails=_phase(job, "trainingDetails", "Completed", at=ended))
-        # Only once it is Completed: a crash before this point resumes from the last checkpoint (and
-        # publishes to the same model id again); one after it leaves them to `ended`.
-        self._discard_work(ctx, account, region, job_id)
 
     # ---- endings -------------------------------------------------------------------------
+    def _clean_up_if_taken_over(self, ctx: JobContext) -> None:
+        """Once this worker's uploads have ended (their thread joined). A worker that lost the job (its
+        lease ran out while it was stalled) learns it at its next heartbeat or write; a checkpoint it
+        put in between may land after the new owner ended the job and deleted the checkpoints. So:
+        if the job is no longer ours and has ended, delete them again. If it has not ended, its owner
+        deletes them when it ends, which is after these puts."""
+        try:
+            with ctx.session():
+                return  # still ours
+        except LeaseLost:
+            pass
+        except Exception as exc:  # noqa: BLE001 - a passing database error must not hide the run's own end
+            log.warning("job %s: could not check who holds it now: %s", ctx.claim.job_pk, exc)
+            return
+        with ctx.db.read_session() as session:
+            resource = ctx.resource(session)
+        if resource is not None and is_final(resource):
+            log.info("job %s: ended by its new owner while this worker still stored checkpoints; deleting them",
+                     ctx.claim.job_pk)
+            self._discard_work(ctx, resource)
+
     @staticmethod
-    def _discard_work(ctx: JobContext, account: str, region: str, job_id: str) -> None:
-        """A job that ended leaves no checkpoints behind, locally or in the object store (1.5 GB each
-        for a full fine-tune of the packaged SmolLM2): Completed, Failed and Stopped are final."""
-        shutil.rmtree(ctx.settings.cache_dir / "customization" / job_id, ignore_errors=True)
-        root = checkpoint_root(ctx.settings.model_bucket, account, region, job_id)
+    def _sweep(ctx: JobContext, *prefixes: S3Location) -> None:
+        """What the lost attempts' cut writes left under the job's own keys (its checkpoints, its
+        model): folder store temp files of gone writers, incomplete multipart uploads."""
+        for prefix in prefixes:
+            try:
+                ctx.objects.sweep_temporary(prefix)
+            except StorageError as exc:  # no model bucket yet: nothing written; or a passing error
+                log.info("job %s: no sweep of %s: %s", ctx.claim.job_pk, prefix.uri, exc)
+
+    @staticmethod
+    def _discard_checkpoints(ctx: JobContext, root: S3Location, work: Path) -> None:
+        """Delete every checkpoint of the job, in the object store (under `root`: 1.5 GB each for a
+        full fine-tune of the packaged SmolLM2) and in its local work folder."""
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)
+        shutil.rmtree(work / "staging", ignore_errors=True)
+        CustomizationHandler._sweep(ctx, root)
         try:
             for name in {loc.key[len(root.key):].split("/", 1)[0] for loc, _ in ctx.objects.list_objects(root)}:
                 _delete_checkpoint(ctx.objects, root.join(name + "/"))
         except StorageError as exc:
-            log.warning("job %s: its checkpoints under %s were not deleted: %s", job_id, root.uri, exc)
+            log.warning("job %s: its checkpoints under %s were not deleted: %s", ctx.claim.job_pk, root.uri, exc)
+
+    def _discard_work(self, ctx: JobContext, resource: Resource) -> None:
+        """A job that ended leaves nothing behind, locally or in the object store: no checkpoint, no
+        local work folder, and unless it is Completed, no model files of an interrupted publish."""
+        account, region, job_id = resource.account, resource.region, resource.resource_id
+        work = ctx.settings.cache_dir / "customization" / job_id
+        self._discard_checkpoints(ctx, checkpoint_root(ctx.settings.model_bucket, account, region, job_id), work)
+        shutil.rmtree(work, ignore_errors=True)
+        if resource.status != "Completed":  # the model is registered in the same transaction as Completed
+            target = model_location(ctx.settings, account, region, output_model_id(resource.arn))
+            self._sweep(ctx, target)
+            try:
+                ctx.objects.delete_prefix(target)
+            except StorageError as exc:
+                log.warning("job %s: the model files under %s were not deleted: %s", job_id, target.uri, exc)
 
     def ended(self, ctx: JobContext, resource: Resource) -> None:
         """The job ended but its worker was lost before cleaning up: delete what it left."""
-        self._discard_work(ctx, resource.account, resource.region, resource.resource_id)
+        self._discard_work(ctx, resource)
 
     def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None:
-        self._discard_work(ctx, resource.account, resource.region, resource.resource_id)
+        self._discard_work(ctx, resource)
         details = {name: dict(info, status="Failed" if info["status"] == "InProgress" else info["status"])
                    for name, info in resource.body["statusDetails"].items()}
         move(resource, "Failed", failureMessage=message[:2048], endTime=utcnow().isoformat(), statusDetails=details)
 
     def stopped(self, ctx: JobContext, session, resource: Resource) -> None:
-        self._discard_work(ctx, resource.account, resource.region, resource.resource_id)
+        self._discard_work(ctx, resource)
         details = {name: dict(info, status="Stopped" if info["status"] in ("InProgress", "NotStarted") else info["status"])
                    for name, info in resource.body["statusDetails"].items()}
         if resource.status != "Stopping":
             move(resource, "Stopping")
         move(resource, "Stopped", endTime=utcnow().isoformat(), statusDetails=details)
+
+
+def _output_root(body: dict, job_id: str) -> S3Location:
+    """The job's folder under its output URI, as AWS names it."""
+    out = S3Location.parse(body["outputDataConfig"]["s3Uri"])
+    return (out if out.is_prefix else S3Location(out.bucket, out.key + "/")).join(f"model-customization-job-{job_id}/")
 
 
 def _csv(columns: list[str], rows: list[dict]) -> bytes:

@@ -16,7 +16,8 @@ from bedrock_local.store.database import Database
 from bedrock_local.store.schema import Resource
 
 
-MAX_ATTEMPTS = 3  # interruptions in a row without a new checkpoint before a job (shard, deployment) ends Failed
+MAX_ATTEMPTS = 3  # interruptions in a row without progress (a new checkpoint; for a deployment, being
+# served: JobContext.record_progress) before a job (shard, deployment) ends Failed
 
 
 class LeaseLost(Exception):
@@ -30,9 +31,10 @@ class JobStopped(Exception):
 def too_many_interruptions(claim, limit: int = MAX_ATTEMPTS) -> int:
     """0 while `claim` (a job's, a shard's or a deployment's: it has `attempts` and `checkpoint`) may
     run; else how many attempts in a row were lost (their worker killed or crashed) since the one that
-    saved its last checkpoint (lease.SAVED_IN_ATTEMPT; before its first one when none was saved), once
-    that reached `limit`. Work that keeps killing its worker at one point ends, while work that gets
-    further between interruptions is resumed as often as it takes."""
+    saved its last checkpoint or recorded progress (lease.SAVED_IN_ATTEMPT, JobContext.record_progress;
+    before its first one when none was), once that reached `limit`. Work that keeps killing its worker
+    at one point ends, while work that gets further between interruptions is resumed as often as it
+    takes. Jobs, shards and deployments all use this one rule."""
     saved = (claim.checkpoint or {}).get(lease.SAVED_IN_ATTEMPT, 0)
     interrupted = claim.attempts - 1 - saved
     return interrupted if interrupted >= limit else 0
@@ -108,9 +110,16 @@ class JobContext(RunContext):
         """Record where a resumed job starts; it also tells the queue that this attempt made progress
         (lease.SAVED_IN_ATTEMPT), so interruptions are counted from here on."""
         with self.session() as session:
-            lease.save_checkpoint(session, self.claim.job_pk, self.worker_id,
-                                  {**checkpoint, lease.SAVED_IN_ATTEMPT: self.claim.attempts})
+            self.record_progress(session, checkpoint)
         self.checkpoint = checkpoint
+
+    def record_progress(self, session, checkpoint: dict | None = None) -> None:
+        """In `session` (one of `self.session()`): this attempt made progress, so the attempts lost
+        before it no longer count (too_many_interruptions). Work with nothing to resume from, such as a
+        deployment that is serving, records progress with its checkpoint unchanged."""
+        checkpoint = self.checkpoint if checkpoint is None else checkpoint
+        lease.save_checkpoint(session, self.claim.job_pk, self.worker_id,
+                              {**checkpoint, lease.SAVED_IN_ATTEMPT: self.claim.attempts})
 
     @contextlib.contextmanager
     def session(self):

@@ -1,19 +1,26 @@
-"""The supervisor of a server's child processes: it starts a fixed number of slots, each with its own
+"""The supervisor of a process's children: it starts a fixed number of slots, each with its own
 start function, starts a slot's process again when it dies (killed, out of memory, crashed: any exit
-but a clean one), and stops them all. `serve` uses it for its worker processes (processes/worker.py);
+but a clean one or one asked for with SIGTERM / SIGINT), with a back-off for processes that keep
+dying young, and stops them all. `serve` uses it for its worker and serving processes, and the
+`worker` and `serving` commands for theirs when they run several (`--processes N`: `run_supervised`);
 it knows nothing of what the processes do."""
 
 import logging
 import multiprocessing
+import os
+import signal
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("bedrock_local.supervisor")
 
 RESPAWN_DELAY_SECONDS = (0.5, 30.0)  # a process that died is started again after 0.5 s, doubling to 30 s while
 # each one dies within a minute of its start
 YOUNG_SECONDS = 60  # a process that dies sooner after its start counts as a death in a row
+# exit codes of a process that stopped as asked: 0 (its own SIGTERM handler), or killed by SIGTERM/SIGINT
+# before it installed one (a stop of the whole process group while it was starting)
+ASKED_TO_STOP = {0, -signal.SIGTERM, -signal.SIGINT}
 
 
 class Supervisor(threading.Thread):
@@ -53,7 +60,7 @@ class Supervisor(threading.Thread):
 
     def _check(self, slot: int) -> None:
         process = self.processes[slot]
-        if not process.exitcode:  # alive, or it stopped as asked (SIGTERM to the whole process group)
+        if process.exitcode is None or process.exitcode in ASKED_TO_STOP:
             return
         now = time.monotonic()
         if self.due[slot] is None:
@@ -67,6 +74,8 @@ class Supervisor(threading.Thread):
         if now >= self.due[slot]:
             self.processes[slot] = self.start_one(slot)
             self.started[slot], self.due[slot] = time.monotonic(), None
+            log.info("%s process %s started again (pid %s)", self.what, self.processes[slot].name,
+                     self.processes[slot].pid)
 
     def stop(self) -> None:
         with self.lock:
@@ -76,17 +85,59 @@ class Supervisor(threading.Thread):
 _supervisors: list[Supervisor] = []
 
 
-def stop_processes(processes: list[multiprocessing.Process], timeout: float = 10.0) -> None:
-    """Stop the supervisor of `processes` (if any), then the processes: SIGTERM, and SIGKILL to those
-    still alive after `timeout` seconds."""
-    for supervisor in [s for s in _supervisors if s.processes is processes]:
-        supervisor.stop()
-        _supervisors.remove(supervisor)
-    for process in processes:
+def threads_per_worker(count: int) -> int | None:
+    """The cores this process may use, split between `count` children; None leaves torch's own
+    choice when the user set OMP_NUM_THREADS."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // max(1, count))
+
+
+def start_children(target: Callable, args: tuple, count: int, what: str,
+                   respawn: bool = True) -> list[multiprocessing.Process]:
+    """Start `count` processes that run `target(*args, parent_pid)` (spawned: no state of this process
+    shared), named bedrock-local-<what>-<slot>; with `respawn`, supervised until `stop_processes`.
+    `parent_pid` lets a child stop when this process is gone (killed without a chance to stop it)."""
+    context = multiprocessing.get_context("spawn")
+    parent = os.getpid()
+
+    def start_one(slot: int) -> multiprocessing.Process:
+        process = context.Process(target=target, args=(*args, parent), name=f"bedrock-local-{what}-{slot}",
+                                  daemon=True)
+        process.start()
+        return process
+
+    return Supervisor.start_slots(count, start_one, respawn, what)
+
+
+def stop_processes(*groups: list[multiprocessing.Process], timeout: float = 10.0) -> None:
+    """Stop the supervisors of each list of processes in `groups` (if any), then the processes: SIGTERM
+    to all at once, and SIGKILL to those still alive after `timeout` seconds."""
+    for processes in groups:
+        for supervisor in [s for s in _supervisors if s.processes is processes]:
+            supervisor.stop()
+            _supervisors.remove(supervisor)
+    every = [process for processes in groups for process in processes]
+    for process in every:
         if process.is_alive():
             process.terminate()
     deadline = time.monotonic() + timeout
-    for process in processes:
+    for process in every:
         process.join(max(0.1, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
+
+
+def run_supervised(target: Callable, args: tuple, count: int, what: str, timeout: float = 10.0) -> None:
+    """The body of a command that runs `count` supervised children (start_children) and nothing else:
+    it keeps them, starting dead ones again, until this process gets SIGTERM or SIGINT, then stops
+    them (stop_processes) and returns."""
+    asked = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: asked.set())
+    processes = start_children(target, args, count, what)
+    log.info("supervising %d %s process(es): %s", count, what, ", ".join(str(p.pid) for p in processes))
+    while not asked.wait(1.0):
+        pass
+    log.info("stopping %d %s process(es)", count, what)
+    stop_processes(processes, timeout=timeout)

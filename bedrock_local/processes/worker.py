@@ -2,8 +2,9 @@
 executor its settings pick) while a heartbeat thread renews its lease, honours Stop, and ends the job
 (done, or failed with a message a user can act on); a worker with no job to claim runs a shard of
 another worker's batch job (jobs/shards.py). `bedrock-local serve` starts them (through
-processes/supervisor.py, which starts a dead one again), `bedrock-local worker` runs one on any host
-that shares the database and object store; ML work runs only here."""
+processes/supervisor.py, which starts a dead one again), `bedrock-local worker` runs one (or, with
+`--processes N`, supervises N) on any host that shares the database and object store; ML work runs
+only here."""
 
 import logging
 import multiprocessing
@@ -18,7 +19,7 @@ from bedrock_local.jobs import executors, lease
 from bedrock_local.jobs.handlers import handlers
 from bedrock_local.jobs.lifecycle import is_final
 from bedrock_local.jobs.protocol import JobContext, JobStopped, LeaseLost, ShardContext, too_many_interruptions
-from bedrock_local.processes.supervisor import Supervisor, stop_processes
+from bedrock_local.processes.supervisor import run_supervised, start_children, stop_processes, threads_per_worker
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore, open_object_store
 from bedrock_local.store.database import Database, open_database
@@ -143,27 +144,20 @@ def worker_main(settings: Settings, threads: int | None = None, parent_pid: int 
     worker.run_forever(parent_pid)
 
 
-def threads_per_worker(count: int) -> int | None:
-    """The cores this process may use, split between `count` workers; None leaves torch's own
-    choice when the user set OMP_NUM_THREADS."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    return max(1, len(os.sched_getaffinity(0)) // max(1, count))
-
-
 def start_worker_processes(settings: Settings, count: int, respawn: bool = True) -> list[multiprocessing.Process]:
     """Start `count` worker processes of this server; with `respawn`, one that dies is started again
     (processes/supervisor.py) until stop_worker_processes is called."""
-    context = multiprocessing.get_context("spawn")
-
-    def start_one(index: int) -> multiprocessing.Process:
-        process = context.Process(target=worker_main, args=(settings, threads_per_worker(count), os.getpid()),
-                                  name=f"bedrock-local-worker-{index}", daemon=True)
-        process.start()
-        return process
-
-    return Supervisor.start_slots(count, start_one, respawn, what="worker")
+    return start_children(worker_main, (settings, threads_per_worker(count)), count, "worker", respawn)
 
 
 def stop_worker_processes(processes: list[multiprocessing.Process], timeout: float = 10.0) -> None:
-    stop_processes(processes, timeout)
+    stop_processes(processes, timeout=timeout)
+
+
+def worker_command(settings: Settings, count: int = 1) -> None:
+    """`bedrock-local worker`: one worker in this process, or with `count` > 1 that many child
+    processes, each started again when it dies (processes/supervisor.py), until SIGTERM or SIGINT."""
+    if count <= 1:
+        worker_main(settings)
+        return
+    run_supervised(worker_main, (settings, threads_per_worker(count)), count, "worker")

@@ -144,12 +144,14 @@ class DeploymentHandler(Handler):
             with ctx.db.session() as session, session.begin():
                 lease.finish(session, ctx.claim.job_pk, ctx.worker_id)
             return None
-        # a deployment saves no checkpoint: every claim before this one ended with its serving node
-        # lost while loading or serving the model, and too many end it rather than take down another
+        # the job rule (jobs/protocol.py): a claim that got the model served recorded progress
+        # (_activate), so only the serving nodes lost in a row while loading it count; too many end it
+        # rather than take down another
         lost = too_many_interruptions(ctx.claim)
         if lost:
-            self._end_failed(ctx, f"The serving node loading this model was lost {lost} times (crashed or killed, "
-                                  "perhaps out of memory); it was not tried again.")
+            self._end_failed(ctx, f"The serving node loading this model was lost {lost} times in a row before "
+                                  "it served the model (crashed or killed, perhaps out of memory); it was not "
+                                  "tried again.")
             return None
         source = ModelSource.from_json(body["_source"])
         log.info("deployment %s: loading %s", arn, source.reference)
@@ -220,6 +222,8 @@ class DeploymentHandler(Handler):
         def activate(session, resource: Resource) -> None:
             if resource.status == "Creating":
                 move(resource, "Active")
+            # loaded and answering: progress, so only nodes lost in a row before serving it count
+            ctx.record_progress(session)
 
         return self._while_owned(ctx, activate)
 

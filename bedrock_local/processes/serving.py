@@ -1,11 +1,15 @@
 """A serving node: the process that keeps models loaded and answers bedrock-runtime requests on a
-local TCP port (node_protocol.py), registered in the `serving_nodes` table while it lives.
+TCP port (node_protocol.py; `--serving-host`, TLS with `--serving-tls-cert`), registered in the
+`serving_nodes` table with the address API nodes reach it at while it lives. It answers only requests
+signed with the cluster secret, each once (node_protocol.ReplayGuard); any other connection is
+logged and closed.
 
 It serves deployments, whose jobs it claims and runs through their handler
 (jobs/handlers/deployment.py: load, check, Active) and keeps while it holds their lease, and
 on-demand models (foundation models by id or ARN), loaded on first use and dropped least recently
 used first when the memory budget is reached. How deployments move between nodes, update and
-unload: docs/serving.md.
+unload: docs/serving.md. `serve` and `serving --processes N` start nodes as supervised children
+(processes/supervisor.py: a dead one is started again).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 import traceback
 import uuid
@@ -28,12 +33,14 @@ from bedrock_local.engine.formats import EmbeddingRequest, FormatError, TextRequ
 from bedrock_local.jobs.handlers.deployment import DeploymentHandler, LoadFailed, Served, load_served
 from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelSource
 from bedrock_local.jobs.protocol import JobContext
+from bedrock_local.processes.supervisor import run_supervised, start_children, threads_per_worker
 from bedrock_local.settings import Settings
 from bedrock_local.storage import open_object_store
 from bedrock_local.store import nodes
 from bedrock_local.store.database import open_database
 
 log = logging.getLogger("bedrock_local.serving")
+AUTH_TIMEOUT = 30.0  # seconds a connection has to finish its TLS handshake, and then to send its signed request
 
 
 @dataclass
@@ -52,10 +59,11 @@ class _OnDemand:
 
 
 class ServingNode:
-    def __init__(self, settings: Settings, *, host: str = "127.0.0.1"):
+    def __init__(self, settings: Settings, *, host: str | None = None):
         self.settings = settings
-        self.host = host
+        self.host = host or settings.serving_host
         self.db = open_database(settings.resolved_database_url, migrate=False)
+        self.guard = protocol.ReplayGuard(protocol.cluster_secret(settings, self.db))
         self.objects = open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
         self.node_id = f"serving:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.endpoint: str | None = None
@@ -79,11 +87,14 @@ class ServingNode:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stopping.set)
-        server = await asyncio.start_server(self._serve_connection, self.host, 0, limit=protocol.MAX_LINE)
+        tls = protocol.server_tls(self.settings)
+        server = await asyncio.start_server(self._serve_connection, self.host, 0, limit=protocol.MAX_LINE, ssl=tls,
+                                            ssl_handshake_timeout=AUTH_TIMEOUT if tls else None)
         port = server.sockets[0].getsockname()[1]
-        self.endpoint = f"{self.host}:{port}"
+        self.endpoint = protocol.endpoint(protocol.advertised_host(self.settings), port, tls is not None)
         await asyncio.to_thread(self._register)
-        log.info("serving node %s listening on %s", self.node_id, self.endpoint)
+        log.info("serving node %s listening on %s:%s%s, registered as %s", self.node_id, self.host, port,
+                 " (TLS)" if tls else "", self.endpoint)
         loops = [self._start_task(self._claim_loop()), self._start_task(self._heartbeat_loop(parent_pid))]
         try:
             await self.stopping.wait()
@@ -191,6 +202,7 @@ class ServingNode:
                 served = await asyncio.to_thread(load_served, source, self.settings, self.objects)
                 await asyncio.to_thread(self._make_room, served.size, source.reference)
                 entry.served = served
+                log.info("serving node %s: loaded on-demand model %s", self.node_id, source.reference)
             return entry.served
 
     def _make_room(self, size: int, keep: str) -> None:
@@ -209,14 +221,47 @@ class ServingNode:
             served.close(drain=True)
 
     # ---- requests --------------------------------------------------------------------------
+    async def _read_signed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+        """The request line of a connection, once its signature header checks out; None (after one
+        WARNING line naming the peer and the reason, and an error line to it) for anything else."""
+        peer = writer.get_extra_info("peername")
+        header = b""
+        try:
+            header = await asyncio.wait_for(reader.readexactly(len(protocol.MAGIC)), AUTH_TIMEOUT)
+            if header == protocol.MAGIC:
+                header += await asyncio.wait_for(reader.readexactly(protocol.HEADER_LEN - len(protocol.MAGIC)),
+                                                 AUTH_TIMEOUT)
+                line = await asyncio.wait_for(reader.readline(), AUTH_TIMEOUT)
+            else:
+                line = b""
+            self.guard.check(header, line)
+            return line
+        except protocol.Refused as exc:
+            reason = str(exc)
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial and not header:  # connected and closed: a port probe
+                log.info("serving node %s: a connection from %s closed without a request", self.node_id, _peer(peer))
+                return None
+            reason = "the connection closed before a signed request was read"
+        except asyncio.TimeoutError:
+            reason = f"no signed request within {AUTH_TIMEOUT:g} s"
+        except ValueError:  # a line longer than MAX_LINE
+            reason = "request line too long"
+        log.warning("serving node %s refused a connection from %s: %s", self.node_id, _peer(peer), reason)
+        with contextlib.suppress(Exception):  # an API node with another secret learns why (docs/deploy.md)
+            writer.write(protocol.encode(protocol.error(
+                "InternalServerException", f"The serving node refused the request: {reason}.")))
+            await writer.drain()
+        return None
+
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
-            if not line:
+            line = await self._read_signed(reader, writer)
+            if line is None:
                 return
             message = protocol.decode(line)
             await self._answer(message, reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except Exception as exc:
             log.error("serving request failed: %s", traceback.format_exc())
@@ -347,6 +392,10 @@ class ServingNode:
             gone.cancel()
 
 
+def _peer(peer) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else str(peer)
+
+
 def _refused(exc: Exception) -> dict:
     """The error line of a request the model refused before answering: one its body format rules
     out (FormatError: ValidationException), or a ModelCallError as the exception it names."""
@@ -356,7 +405,8 @@ def _refused(exc: Exception) -> dict:
 
 
 def node_main(settings: Settings, threads: int | None = None, parent_pid: int | None = None) -> None:
-    """Entry point of a serving process started by `serve` (or on its own)."""
+    """Entry point of a serving process: one started by `serve` or by `serving --processes N` (which
+    supervise it: `parent_pid` is theirs), or `serving` running one node in its own process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if threads:
         import torch
@@ -372,13 +422,15 @@ def node_main(settings: Settings, threads: int | None = None, parent_pid: int | 
 
 
 def start_serving_processes(settings: Settings, count: int, threads: int | None) -> list:
-    import multiprocessing
+    """Start `count` serving processes of this server, each started again when it dies
+    (processes/supervisor.py) until stop_processes is called on the list answered."""
+    return start_children(node_main, (settings, threads), count, "serving")
 
-    context = multiprocessing.get_context("spawn")
-    processes = []
-    for index in range(count):
-        process = context.Process(target=node_main, args=(settings, threads, os.getpid()),
-                                  name=f"bedrock-local-serving-{index}", daemon=True)
-        process.start()
-        processes.append(process)
-    return processes
+
+def serving_command(settings: Settings, count: int = 1) -> None:
+    """`bedrock-local serving`: one serving node in this process, or with `count` > 1 that many child
+    processes, each started again when it dies (processes/supervisor.py), until SIGTERM or SIGINT."""
+    if count <= 1:
+        node_main(settings)
+        return
+    run_supervised(node_main, (settings, threads_per_worker(count)), count, "serving")

@@ -86,7 +86,7 @@ def _text_request(params: dict, target: Target) -> dict:
 async def count_tokens(ctx: Context, params: dict) -> dict:
     target = await asyncio.to_thread(_target, ctx, params["modelId"])
     request = _text_request(params, target)
-    call = await NodeCall.open(target, "count", request)
+    call = await NodeCall.open(ctx, target, "count", request)
     try:
         message = await call.next()
     finally:

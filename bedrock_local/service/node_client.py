@@ -2,6 +2,9 @@
 the node's socket read message by message (`NodeCall`, over node_protocol.py), and a node's error
 line as the modelled exception it names (`node_error`).
 
+Each request is signed with the cluster secret and goes over TLS to a node that registered a
+`tls://` endpoint (`Hop`, one per database: node_protocol.py has the wire and the rules).
+
 Every runtime call reaches a node here, so this is also where the call being answered
 (service/call_inspection.py `current`) learns its model's kind and token counts, and where a test's
 scripted reply for it answers instead of a node."""
@@ -10,13 +13,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import ssl
+import weakref
 from dataclasses import dataclass
 
 from bedrock_local import node_protocol as protocol
 from bedrock_local.service import call_inspection, errors
 from bedrock_local.service.errors import BedrockError, ModelNotReadyException
 
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0  # seconds to connect, TLS handshake included
+log = logging.getLogger("bedrock_local.node_client")
+
+
+class Hop:
+    """What this API process needs to reach the nodes of one database: the cluster secret and, for
+    nodes that speak TLS, the context that verifies them (`--serving-tls-ca`)."""
+
+    def __init__(self, settings, db):
+        self.secret = protocol.cluster_secret(settings, db)
+        self.tls = protocol.client_tls(settings)
+        self.require_tls = settings.serving_tls_ca is not None
+
+
+_hops: "weakref.WeakKeyDictionary[object, Hop]" = weakref.WeakKeyDictionary()  # by Database
+
+
+async def hop_for(ctx) -> Hop:
+    hop = _hops.get(ctx.db)
+    if hop is None:  # the first call reads (or makes) the secret in the database
+        hop = _hops[ctx.db] = await asyncio.to_thread(Hop, ctx.settings, ctx.db)
+    return hop
 
 
 @dataclass(frozen=True)
@@ -37,7 +64,7 @@ class NodeCall:
         self.call = call_inspection.current.get()  # the runtime call it answers, if any
 
     @classmethod
-    async def open(cls, target: Target, task: str, request: dict) -> "NodeCall | _Counted":
+    async def open(cls, ctx, target: Target, task: str, request: dict) -> "NodeCall | _Counted":
         call = call_inspection.current.get()
         if call is not None and task != "count":
             call.kind = target.kind
@@ -46,14 +73,23 @@ class NodeCall:
                 if script is not None:
                     call.script_id = script.script_id
                     return _Counted(call_inspection.ScriptedCall(script, request), call)
-        host, port = target.endpoint.rsplit(":", 1)
+        hop = await hop_for(ctx)
+        host, port, tls = protocol.parse_endpoint(target.endpoint)
+        if hop.require_tls and not tls:  # with --serving-tls-ca, no request goes over plain TCP
+            log.error("serving node %s does not speak TLS, and --serving-tls-ca requires it", target.endpoint)
+            raise ModelNotReadyException("The serving node of this model cannot be reached; retry shortly.")
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, int(port), limit=protocol.MAX_LINE), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                host, port, limit=protocol.MAX_LINE, ssl=hop.tls if tls else None,
+                server_hostname=host if tls else None), CONNECT_TIMEOUT)
+        except ssl.SSLError as exc:
+            log.error("serving node %s: TLS failed: %s", target.endpoint, exc)
+            raise ModelNotReadyException("The serving node of this model cannot be reached; retry shortly.")
         except (OSError, asyncio.TimeoutError):
             raise ModelNotReadyException("The serving node of this model cannot be reached; retry shortly.")
         call = cls(reader, writer)
-        writer.write(protocol.encode({"target": target.message_target, "task": task, "request": request}))
+        line = protocol.encode({"target": target.message_target, "task": task, "request": request})
+        writer.write(protocol.sign(hop.secret, line) + line)
         await writer.drain()
         return call
 

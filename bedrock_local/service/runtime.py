@@ -159,7 +159,7 @@ async def _text_call(ctx: Context, params: dict, parse,
         raise ValidationException(f"The model '{params['modelId']}' is an embedding model; it cannot generate text.")
     request = parse(params)
     _check_tool_use(target, request, choice_field)
-    call = await NodeCall.open(target, "text", request)
+    call = await NodeCall.open(ctx, target, "text", request)
     try:
         return call, await call.next()
     except BaseException:
@@ -190,14 +190,14 @@ async def invoke_model(ctx: Context, params: dict) -> dict:
     target = await _target(ctx, params["modelId"])
     request = _invoke_request(params, target)
     if request.embeddings is not None:
-        call = await NodeCall.open(target, "embedding", {"items": [e.__dict__ for e in request.embeddings]})
+        call = await NodeCall.open(ctx, target, "embedding", {"items": [e.__dict__ for e in request.embeddings]})
         try:
             result = [EmbeddingResult(**item) for item in (await call.next())["done"]["results"]]
         finally:
             call.close()
     else:
         _check_tool_use(target, request.text.__dict__, "tool_choice.type")
-        call = await NodeCall.open(target, "text", request.text.__dict__)
+        call = await NodeCall.open(ctx, target, "text", request.text.__dict__)
         try:
             first = await call.next()
         except BaseException:

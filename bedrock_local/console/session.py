@@ -7,7 +7,7 @@ region the header names.
 
 The region header is also what keeps other web pages out: a page of another origin cannot add a
 custom header to a request without a CORS preflight, which this server never grants, and the cookie
-is SameSite=Strict."""
+is SameSite=Strict (and Secure when the sign-in came over TLS)."""
 
 import base64
 import hashlib
@@ -108,9 +108,11 @@ def caller_from_cookie(accounts: Accounts, secret: bytes, headers: dict[str, str
 
 
 def set_cookie_header(value: str, secure: bool = False) -> str:
+    """The cookie of a session: never readable by scripts, never sent by another site's page, and, for a
+    request that came over TLS (`secure`: console/security.py says), never sent over plain HTTP."""
     return (f"{COOKIE}={value}; Path=/; Max-Age={LIFETIME_SECONDS}; HttpOnly; SameSite=Strict"
             + ("; Secure" if secure else ""))
 
 
-def clear_cookie_header() -> str:
-    return f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
+def clear_cookie_header(secure: bool = False) -> str:
+    return f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict" + ("; Secure" if secure else "")

@@ -4,12 +4,15 @@ the one read the Bedrock API has no operation for: a customization job's step-wi
 validation metrics, read from the CSV files the job writes under its output URI.
 
 Everything else the page shows it reads through the Bedrock API itself (the same restJson1 routes
-boto3 calls), so there is one source of truth and one set of account and region rules."""
+boto3 calls), so there is one source of truth and one set of account and region rules. Every answer
+here carries the security headers, and sign-ins are throttled (console/security.py)."""
 
 import csv
 import io
 import json
+import logging
 import mimetypes
+import traceback
 from importlib import resources as package_files
 
 from sqlalchemy import select
@@ -18,14 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from bedrock_local.api.identity import Caller
-from bedrock_local.console import session as sessions
+from bedrock_local.console import security, session as sessions
 from bedrock_local.service.common import read_in_scope
 from bedrock_local.service.context import Context
-from bedrock_local.service.errors import (AccessDeniedException, BedrockError, ResourceNotFoundException,
-                                          ValidationException)
+from bedrock_local.service.errors import (AccessDeniedException, BedrockError, InternalServerException,
+                                          ResourceNotFoundException, ThrottlingException, ValidationException)
 from bedrock_local.storage import S3Location, StorageError
 from bedrock_local.storage.errors import NoSuchKey
 from bedrock_local.store.schema import Resource
+
+log = logging.getLogger("bedrock_local.console")
 
 PREFIX = "/console"
 # The regions the picker always offers (those where Amazon Bedrock runs batch inference and
@@ -42,6 +47,17 @@ class NotSignedIn(BedrockError):
 
     code = "UnrecognizedClientException"
     http_status = 403
+
+
+class SignInLocked(ThrottlingException):
+    """Too many failed sign-ins of this client or this access key: refused, secret unchecked, until the
+    lock ends (the Retry-After header says when)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(message)
+        self.headers = {"Retry-After": security.retry_after(seconds)}
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:
@@ -67,6 +83,8 @@ class Console:
         self.api = api
         self.accounts = api.accounts
         self._static: dict[str, tuple[bytes, str]] | None = None
+        self.peers = security.Peers(api.settings.trusted_proxies)
+        self.throttle = security.LoginThrottle(api.settings.console_login_backoff_seconds)
 
     # ---- the hook the API calls for every request ----------------------------------------------
     def caller(self, headers: dict[str, str], query_string: str) -> Caller | None:
@@ -78,10 +96,17 @@ class Console:
     # ---- the console's own routes --------------------------------------------------------------
     async def handle(self, request: Request, request_id: str) -> Response:
         try:
-            return await self._route(request, request_id)
-        except BedrockError as error:  # the AWS envelope, with the status of errors no model has
+            response = await self._route(request, request_id)
+        except Exception as error:
+            if not isinstance(error, BedrockError):
+                log.error("console request %s failed:\n%s", request_id, traceback.format_exc())
+                error = InternalServerException(f"The request could not be completed (request id {request_id}).")
+            # the AWS envelope, with the status of errors no model has
             status, headers, payload = self.api.codec.serialize_error(error, request_id)
-            return Response(payload, status_code=getattr(error, "http_status", status), headers=headers)
+            headers.update(getattr(error, "headers", {}))
+            response = Response(payload, status_code=getattr(error, "http_status", status), headers=headers)
+        security.apply_headers(response.headers)
+        return response
 
     async def _route(self, request: Request, request_id: str) -> Response:
         path, method = request.url.path, request.method
@@ -94,8 +119,9 @@ class Console:
         if path == PREFIX + "/api/login" and method == "POST":
             return await self._login(request)
         if path == PREFIX + "/api/logout" and method == "POST":
-            return _json({"signedIn": False}, headers={"Set-Cookie": sessions.clear_cookie_header(),
-                                                       "Cache-Control": "no-store"})
+            return _json({"signedIn": False}, headers={
+                "Set-Cookie": sessions.clear_cookie_header(self.peers.is_tls(request.scope)),
+                "Cache-Control": "no-store"})
         if path == PREFIX + "/api/training-metrics" and method == "GET":
             return await self._training_metrics(request, request_id)
         raise ResourceNotFoundException(f"The console has no {method} {path}.")
@@ -122,7 +148,7 @@ class Console:
         if session is None and self.accounts.open_mode:
             value = sessions.issue(secret, None, self.accounts.default_account)
             session = sessions.read(secret, value)
-            extra["Set-Cookie"] = sessions.set_cookie_header(value)
+            extra["Set-Cookie"] = sessions.set_cookie_header(value, self.peers.is_tls(request.scope))
         answer = {"signedIn": session is not None, "openMode": self.accounts.open_mode,
                   "defaultRegion": self.accounts.default_region, "regionHeader": sessions.REGION_HEADER}
         if session is not None:
@@ -157,17 +183,28 @@ class Console:
         if self.accounts.open_mode:
             account, key_id = self.accounts.default_account, key_id or None
         else:
+            client = self.peers.client(request.scope)
+            wait = self.throttle.wait_seconds(client, key_id)
+            if wait > 0:
+                raise SignInLocked("Too many failed sign-ins from this address or for this access key: try again "
+                                   f"in {security.retry_after(wait)} s.", wait)
             key = self.accounts.keys.get(key_id or "")
             if (key is None or not secret_key or not _same(secret_key, key.secret)
                     or (key.token is not None and not _same(token or "", key.token))):
+                locked = self.throttle.failed(client, key_id)
+                if locked > 0:
+                    log.warning("console sign-in failed for access key %r from %s: locked for %.1f s",
+                                (key_id or "")[:32], client, locked)
                 raise AccessDeniedException("The access key id, secret access key (or session token) is not "
                                             "valid for this server.")
+            self.throttle.succeeded(client, key_id)
             account = key.account
         secret = self.api.db.token_secret()
         value = sessions.issue(secret, key_id, account)
         session = sessions.read(secret, value)
         return _json({"signedIn": True, "account": account, "accessKeyId": key_id, "expires": session.expires},
-                     headers={"Set-Cookie": sessions.set_cookie_header(value), "Cache-Control": "no-store"})
+                     headers={"Set-Cookie": sessions.set_cookie_header(value, self.peers.is_tls(request.scope)),
+                              "Cache-Control": "no-store"})
 
     def _caller(self, request: Request) -> Caller:
         headers = self._headers(request)

@@ -19,6 +19,8 @@ function h(tag, attrs, ...children) {
   for (const [name, value] of Object.entries(attrs || {})) {
     if (value === undefined || value === null || value === false) continue;
     if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    // through the CSSOM: the Content-Security-Policy (style-src 'self') refuses style attributes
+    else if (name === "style") node.style.cssText = String(value);
     else node.setAttribute(name, value === true ? "" : String(value));
   }
   append(node, children);

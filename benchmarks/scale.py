@@ -21,9 +21,17 @@ Columns: workers, records, seconds, records/s, scaling efficiency = records/s / 
 phases of the job as the polls saw them: validate (Create to InProgress: pick-up and validation, one
 worker), shards (to every record processed: every worker), merge (to Completed: one worker).
 
+Then the same job through the Ray executor (`--ray-address`): one worker process drives it on a
+one-node local Ray cluster of 1 (then 2: `--ray-actors`) CPUs, so a pool of as many model actors,
+each with an equal share of the cores (OMP_NUM_THREADS), as local workers get. The warm-up job
+starts the pool; the timed job runs on the same actors (they outlive windows and jobs).
+`--ray-actors 1 --workers 1 --smollm2` is the like-for-like check: one actor against one local
+worker on a real model; the line under the table gives its ratio.
+
     python -m benchmarks.scale                                   # 100,000 test-model records, 1/2/4 workers
     python -m benchmarks.scale --records 20000 --workers 1 2     # quick
     python -m benchmarks.scale --smollm2 --records 256 --shard-records 32 --new-tokens 16
+    python -m benchmarks.scale --smollm2 --records 128 --shard-records 128 --workers 1 --ray-actors 1
     python -m benchmarks.scale --database-url postgresql://postgres@127.0.0.1:5432/test
 """
 
@@ -190,15 +198,24 @@ def worker_rows(args: argparse.Namespace, work: Path, database_url: str | None) 
 
 def ray_rows(args: argparse.Namespace, work: Path, database_url: str | None) -> list[Row]:
     """The same job through the Ray executor (`--ray-address`, jobs/executors/ray_cluster.py): one worker process
-    drives it, its records run as Ray Data windows on a local one-node Ray cluster (`ray start --head`)
-    of 1, then 2 CPUs, so a pool of 1, then 2 model actors. Each window starts its actors (and loads
-    the model in them) anew: with the test model that start-up is what these rows measure."""
+    drives it, its records run in windows on a local one-node Ray cluster (`ray start --head`) of N CPUs
+    for each N of `--ray-actors`, so a pool of N model actors that live across windows and jobs. Each
+    actor gets an equal share of the cores, as N local workers do (Ray would give an actor of one CPU
+    one thread)."""
     rows = []
-    for actors in (1, 2):
+    for actors in args.ray_actors:
         temp = Path(tempfile.mkdtemp(prefix="brl-ray-", dir="/tmp"))  # Ray's socket paths must stay short
         port = testing.free_port()
-        head = testing.start_ray_node("--head", "--port", str(port), "--temp-dir", str(temp),
-                                      "--include-dashboard=false", log=work / f"ray-{actors}.log", num_cpus=actors)
+        threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // actors))  # for the node's actors
+        try:
+            head = testing.start_ray_node("--head", "--port", str(port), "--temp-dir", str(temp),
+                                          "--include-dashboard=false", log=work / f"ray-{actors}.log", num_cpus=actors)
+        finally:
+            if threads is None:
+                os.environ.pop("OMP_NUM_THREADS")
+            else:
+                os.environ["OMP_NUM_THREADS"] = threads
         schema, url = make_schema(database_url) if database_url else (None, None)
         cluster = Cluster(work / f"ray-{actors}", 1, args, url, ray_address=f"127.0.0.1:{port}")
         try:
@@ -255,10 +272,14 @@ def print_table(rows: list[Row]) -> None:
         phases = "".join(f" {seconds:>8.2f}" for seconds in row.phases) if row.phases else ""
         print(f"{row.label:<24} {row.workers:>7} {row.records:>9} {row.seconds:>8.2f} {rate:>10} "
               f"{efficiency:>10.2f} {row.rate / base.rate:>5.2f}x  {phases}")
-    print(f"baseline: {base.label} ({base.rate:.0f} records/s); efficiency = records/s / (workers x baseline); "
+    base_rate = f"{base.rate:.0f}" if base.rate >= 100 else f"{base.rate:.2f}"
+    print(f"baseline: {base.label} ({base_rate} records/s); efficiency = records/s / (workers x baseline); "
           f"ratio = records/s / baseline")
     print("phases (seconds, as the 0.05 s polls saw them): validate = Create to InProgress (pick-up and validation "
           "by one worker); shards = to every record processed (all workers); merge = to Completed (one worker)")
+    one_actor = next((row for row in rows if row.label == "Ray, 1 actor"), None)
+    if one_actor is not None and base.workers == 1:
+        print(f"Ray with 1 actor / 1 local worker: {one_actor.rate / base.rate:.2f}x the records/s (goal >= 0.8x)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts (default 1 2 4)")
     parser.add_argument("--shard-records", type=int, help="--batch-shard-records (default 5000; 32 with --smollm2)")
     parser.add_argument("--files", type=int, default=4, help="input files the records are split into (default 4)")
+    parser.add_argument("--ray-actors", type=int, nargs="*", default=[1, 2],
+                        help="Ray runs, by model actors (default 1 2; none: no Ray run)")
     parser.add_argument("--smollm2", action="store_true", help="Converse records to the packaged SmolLM2-135M-Instruct")
     parser.add_argument("--new-tokens", type=int, default=16, help="maxTokens of each SmolLM2 record (default 16)")
     parser.add_argument("--database-url", help="a PostgreSQL URL; each run gets a schema of its own (default: SQLite)")
@@ -282,12 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bedrock-local-scale-"))
     print(f"scale-out benchmark: {args.records} {'SmolLM2' if args.smollm2 else 'test-model'} records, "
           f"shards of {args.shard_records}, {args.files} input files, workers {args.workers}, "
+          f"Ray actors {args.ray_actors}, "
           f"{'PostgreSQL' if args.database_url else 'SQLite'} + folder store")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"load {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
     try:
         rows = worker_rows(args, work, args.database_url)
-        rows += ray_rows(args, work, args.database_url)  # the Ray executor with 1 and 2 actors
+        rows += ray_rows(args, work, args.database_url)  # the Ray executor, --ray-actors
     finally:
         if args.keep:
             print(f"data dirs and logs kept in {work}")

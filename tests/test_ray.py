@@ -1,9 +1,9 @@
 """The Ray executor (`--ray-address`, jobs/executors/ray_cluster.py) against a real local Ray cluster of two
-nodes started here (`ray start`): batch inference as a Ray Data pipeline gives the local path's
-outputs and counts, honours Stop, and survives the loss of a Ray node with every record exactly
-once; a fine-tuning job runs as a Ray Train job and publishes its model. One test runs the issue's
-whole picture: two API nodes and two Ray-driving workers on PostgreSQL and S3 (moto), losing a
-worker and a Ray node mid-job."""
+nodes started here (`ray start`): batch inference on a pool of long-lived model actors gives the local
+path's outputs and counts, reuses its actors across windows and jobs, honours Stop, and survives the
+loss of a Ray node with every record exactly once; a fine-tuning job runs as a Ray Train job and
+publishes its model. One test runs the issue's whole picture: two API nodes and two Ray-driving
+workers on PostgreSQL and S3 (moto), losing a worker and a Ray node mid-job."""
 
 import json
 import os
@@ -26,7 +26,7 @@ ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/BedrockBatchInference"
 IN_BUCKET, OUT_BUCKET = "ray-input", "ray-output"
 FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
-WINDOW = 500  # records per Ray Data window in these tests (BEDROCK_LOCAL_RAY_WINDOW_RECORDS)
+WINDOW = 500  # records per window in these tests (BEDROCK_LOCAL_RAY_WINDOW_RECORDS)
 SMALL_OBJECT_STORE = ("--object-store-memory", str(128 * 2**20))  # two nodes on one test machine
 
 
@@ -166,6 +166,33 @@ def test_batch_job_on_ray_writes_what_the_local_path_writes(ray_server, make_ser
     first = read_lines(job_folder(ray_server, ray_job["jobArn"]) / "a.jsonl.out")[0]
     assert first["recordId"] == "a000000"
     assert first["modelOutput"]["output"]["message"]["content"][0]["text"] == "ray to hello"  # the test model: reversed words, maxTokens 3
+
+
+def test_model_actors_are_reused_across_windows_and_jobs(ray_cluster, make_server):
+    """A driver's pool of model actors: every window of a job, and a later job on the same model, run on
+    the actors started once (their pids in the worker's log). Another driver's idle pool (ray_server's,
+    holding both CPUs) gives its actors up when this driver's actors wait for resources."""
+    import re
+
+    server = make_server("reuse", extra_args=("--ray-address", ray_cluster.address),
+                         env={"BEDROCK_LOCAL_RAY_WINDOW_RECORDS": str(WINDOW)})
+    client = server.client()
+    total = 1_500  # 3 windows of 500, 8 batches each
+    for tag in ("x", "y"):
+        arn = create_job(client, put_input(server, {f"{tag}.jsonl": records(total, tag)}))
+        job = wait_final(client, arn)
+        assert job["status"] == "Completed", job.get("message")
+        lines = read_lines(job_folder(server, arn) / f"{tag}.jsonl.out")
+        assert [line["recordId"] for line in lines] == [f"{tag}{n:06d}" for n in range(total)]
+    log = server.log.read_bytes().decode(errors="replace")
+    started = {int(pid) for pid in re.findall(r"model actor \w+ \(pid (\d+)\) started", log)}
+    assert len(re.findall(r"model actor \w+ \(pid \d+\) started", log)) == len(started) == 2, log[-3000:]
+    windows: dict[str, list[set[int]]] = {}
+    for job_pk, pids in re.findall(r"job (\d+): records \d+-\d+ ran on model actors \[([\d, ]+)\]", log):
+        windows.setdefault(job_pk, []).append({int(pid) for pid in pids.split(", ")})
+    assert len(windows) == 2 and all(len(sets) == 3 for sets in windows.values()), windows
+    assert all(pids <= started for sets in windows.values() for pids in sets)  # no actor started per window
+    assert set().union(*list(windows.values())[1]) == started  # the second job: the first job's actors
 
 
 def test_stop_ends_a_ray_job_between_windows_with_its_finished_records(ray_server):

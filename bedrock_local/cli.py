@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -62,11 +63,23 @@ SHARED_FLAGS = (  # serve, worker and serving
     Flag("--batch-shard-records", "records per shard of a batch inference job; a larger job is split into shards that "
                                   "every worker process on the same database may claim "
                                   f"(default {Settings.batch_shard_records})", "batch_shard_records", int),
-    Flag("--ray-address", "run batch inference (Ray Data) and customization (Ray Train) on the Ray cluster at this "
+    Flag("--ray-address", "run batch inference (model actors) and customization (Ray Train) on the Ray cluster at this "
                           "address, e.g. 10.0.0.5:6379; the workers stay the jobs' drivers (default: run them locally)",
          "ray_address"),
     Flag("--log-level", options={"default": "info"}),
 )
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    """A --trusted-proxies value as networks; argparse names a bad entry and exits."""
+    from bedrock_local.console.security import parse_networks
+
+    try:
+        return parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 SERVE_FLAGS = (
     Flag("--host", field="host"),
     Flag("--port", field="port", type=int),
@@ -78,7 +91,36 @@ SERVE_FLAGS = (
          "max_request_bytes", int),
     Flag("--credentials-file", 'JSON: {"<access key id>": {"secretAccessKey": "...", "accountId": "111111111111"}}',
          "credentials_file", Path),
+    Flag("--trusted-proxies", "reverse proxies (comma-separated addresses or CIDR networks) whose X-Forwarded-For "
+                              "and X-Forwarded-Proto the console believes (default: none, the direct peer counts)",
+         "trusted_proxies", _networks, {"metavar": "CIDR,..."}),
+    Flag("--console-login-backoff", "seconds of the first lock after too many failed console sign-ins of one client "
+                                    "or access key, doubled per further failure "
+                                    f"(default {Settings.console_login_backoff_seconds:g})",
+         "console_login_backoff_seconds", float),
+    Flag("--tls-cert", "speak HTTPS with this certificate (PEM, the chain included)", "tls_cert", Path),
+    Flag("--tls-key", "the private key (PEM) of --tls-cert", "tls_key", Path),
+    Flag("--serving-tls-ca", "CA bundle (PEM) that serving nodes' TLS certificates are verified against "
+                             "(default: the system's trusted CAs)", "serving_tls_ca", Path),
 )
+
+NODE_FLAGS = (  # serve and serving: the serving nodes they run, and the secret that signs requests to nodes
+    Flag("--serving-host", "the address serving nodes listen on, e.g. 0.0.0.0 to be reached from other hosts "
+                           f"(default {Settings.serving_host}: this host only)", "serving_host"),
+    Flag("--serving-advertise-host", "the host name or address a serving node registers for API nodes to connect "
+                                     "to (default: --serving-host, or this host's name when that is 0.0.0.0)",
+         "serving_advertise_host"),
+    Flag("--serving-tls-cert", "serving nodes speak TLS with this certificate (PEM, the chain included)",
+         "serving_tls_cert", Path),
+    Flag("--serving-tls-key", "the private key (PEM) of --serving-tls-cert", "serving_tls_key", Path),
+    Flag("--cluster-secret-file", "a file holding the secret that signs every API -> serving node request "
+                                  "(default: $BEDROCK_LOCAL_CLUSTER_SECRET, else one kept in the database)",
+         "cluster_secret_file", Path),
+)
+
+PROCESSES_FLAG = Flag(  # worker and serving
+    "--processes", "how many to run: 1 runs one in this process; N > 1 starts N child processes and starts "
+                   "each again when it dies, with back-off (default 1)", type=int, options={"default": 1})
 
 
 def _settings(args: argparse.Namespace, **extra) -> Settings:
@@ -89,16 +131,41 @@ def _settings(args: argparse.Namespace, **extra) -> Settings:
         quotas, quota_fields = parse_quota_flags(args.quota)
     except QuotaSettingError as exc:
         sys.exit(f"bedrock-local: {exc}")
-    fields = {flag.field: getattr(args, flag.dest) for flag in SHARED_FLAGS + SERVE_FLAGS
+    fields = {flag.field: getattr(args, flag.dest) for flag in SHARED_FLAGS + SERVE_FLAGS + NODE_FLAGS
               if flag.field and hasattr(args, flag.dest)}
     fields.update(quota_fields)  # quotas kept in their own flags' fields (--batch-max-records, ...)
     fields["batch_shard_records"] = max(1, fields["batch_shard_records"])
     return Settings(**fields, quotas=quotas, **extra)
 
 
+def _check_security(settings: Settings) -> None:
+    """Exit with a clear message for a TLS flag without its pair, a certificate or key that does not
+    load, or a cluster secret file that cannot be read, rather than fail in a child process later."""
+    from bedrock_local import node_protocol
+
+    for cert, key, what in ((settings.tls_cert, settings.tls_key, "--tls-cert and --tls-key"),
+                            (settings.serving_tls_cert, settings.serving_tls_key,
+                             "--serving-tls-cert and --serving-tls-key")):
+        if (cert is None) != (key is None):
+            sys.exit(f"bedrock-local: {what} go together")
+        if cert is not None:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                sys.exit(f"bedrock-local: {what}: {exc}")
+    try:
+        node_protocol.secret_override(settings)
+        if settings.serving_tls_ca is not None:
+            node_protocol.client_tls(settings)
+    except ValueError as exc:
+        sys.exit(f"bedrock-local: {exc}")
+    except (OSError, ssl.SSLError) as exc:
+        sys.exit(f"bedrock-local: --serving-tls-ca: {exc}")
+
+
 def _open_stores(settings: Settings):
     from bedrock_local.engine import aliases
-    from bedrock_local.storage import open_object_store
+    from bedrock_local.storage import open_object_store, sweep_leftovers
     from bedrock_local.store.database import open_database
 
     try:
@@ -110,6 +177,7 @@ def _open_stores(settings: Settings):
     db = open_database(settings.resolved_database_url)
     objects = open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options)
     objects.ensure_bucket(settings.model_bucket)
+    sweep_leftovers(objects, settings.cache_dir)  # temp files of writers killed before this start
     return db, objects
 
 
@@ -126,12 +194,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from bedrock_local.api.app import create_app
-    from bedrock_local.processes.worker import start_worker_processes, stop_worker_processes, threads_per_worker
     from bedrock_local.processes.serving import start_serving_processes
+    from bedrock_local.processes.supervisor import stop_processes, threads_per_worker
+    from bedrock_local.processes.worker import start_worker_processes
 
     if args.serving_workers is None:
         args.serving_workers = 1 if args.workers > 0 else 0
     settings = _settings(args, serving_workers=args.serving_workers)
+    _check_security(settings)
     db, objects = _open_stores(settings)
     from bedrock_local.api.identity import CredentialsFileError
 
@@ -146,15 +216,17 @@ def serve(args: argparse.Namespace) -> int:
         log.info("authentication on: every request's SigV4 signature is verified (%d access key(s), %d account(s))",
                  len(app.accounts.keys), len(app.accounts.account_ids))
     workers = start_worker_processes(settings, settings.workers)
-    workers += start_serving_processes(settings, args.serving_workers, threads_per_worker(args.serving_workers))
-    log.info("bedrock-local on http://%s:%s, data in %s, %d worker(s), %d serving node(s)", settings.host,
-             settings.port, settings.data_dir.resolve(), settings.workers, args.serving_workers)
+    serving = start_serving_processes(settings, args.serving_workers, threads_per_worker(args.serving_workers))
+    log.info("bedrock-local on %s://%s:%s, data in %s, %d worker(s), %d serving node(s)",
+             "https" if settings.tls_cert else "http", settings.host, settings.port, settings.data_dir.resolve(),
+             settings.workers, args.serving_workers)
+    tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)} if settings.tls_cert else {}
     server = _api_server_class()(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
-                                       **UVICORN_SETTINGS))
+                                       **UVICORN_SETTINGS, **tls))
     try:
         server.run()
     finally:
-        stop_worker_processes(workers)
+        stop_processes(workers, serving)
     return 0
 
 
@@ -178,20 +250,21 @@ def _api_server_class():
 
 
 def worker(args: argparse.Namespace) -> int:
-    from bedrock_local.processes.worker import worker_main
+    from bedrock_local.processes.worker import worker_command
 
     settings = _settings(args)
     _open_stores(settings)
-    worker_main(settings)
+    worker_command(settings, args.processes)
     return 0
 
 
 def serving(args: argparse.Namespace) -> int:
-    from bedrock_local.processes.serving import node_main
+    from bedrock_local.processes.serving import serving_command
 
     settings = _settings(args)
+    _check_security(settings)
     _open_stores(settings)
-    node_main(settings)
+    serving_command(settings, args.processes)
     return 0
 
 
@@ -199,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bedrock-local", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for name, run, help, flags in (
-            ("serve", serve, "run the API server and its worker processes", SHARED_FLAGS + SERVE_FLAGS),
-            ("worker", worker, "run one worker process (no API) against a shared database", SHARED_FLAGS),
-            ("serving", serving, "run one serving node (no API) against a shared database", SHARED_FLAGS)):
+            ("serve", serve, "run the API server and its worker processes", SHARED_FLAGS + SERVE_FLAGS + NODE_FLAGS),
+            ("worker", worker, "run job workers (no API) against a shared database", SHARED_FLAGS + (PROCESSES_FLAG,)),
+            ("serving", serving, "run serving nodes (no API) against a shared database",
+             SHARED_FLAGS + NODE_FLAGS + (PROCESSES_FLAG,))):
         command = commands.add_parser(name, help=help)
         for flag in flags:
             flag.add_to(command)

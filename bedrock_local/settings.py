@@ -44,6 +44,26 @@ class Settings:
     # records per shard of a batch inference job: a job with more is split into shards that every worker
     # process (of any host on the same database) may claim (jobs/shards.py)
     batch_shard_records: int = 10_000
+    # proxies (CIDR networks) whose X-Forwarded-For / X-Forwarded-Proto the console believes: the client a
+    # sign-in is counted against, and whether the session cookie is Secure (console/security.py)
+    trusted_proxies: tuple[str, ...] = ()
+    # the first lock of a client or access key after too many failed console sign-ins; doubled per further
+    # failure (console/security.py)
+    console_login_backoff_seconds: float = 1.0
+    # the API's own TLS (`serve --tls-cert/--tls-key`): HTTPS instead of HTTP
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # serving nodes (node_protocol.py): where one listens, the host it registers for API nodes to reach it
+    # (None: the listen address, or this host's name when that is 0.0.0.0), its TLS certificate and key, and
+    # the CA bundle API nodes verify nodes' certificates with (None: the system's trusted CAs)
+    serving_host: str = "127.0.0.1"
+    serving_advertise_host: str | None = None
+    serving_tls_cert: Path | None = None
+    serving_tls_key: Path | None = None
+    serving_tls_ca: Path | None = None
+    # a file holding the secret that signs API -> serving node requests (None: BEDROCK_LOCAL_CLUSTER_SECRET,
+    # else the one kept in the database)
+    cluster_secret_file: Path | None = None
 
     @property
     def resolved_database_url(self) -> str:

@@ -220,3 +220,37 @@ def test_incomplete_multipart_uploads_under_a_prefix_are_aborted_by_its_owner(s3
     left = raw.list_multipart_uploads(Bucket="multipart-leftovers").get("Uploads", [])
     assert [u["Key"] for u in left] == ["jobs/b/model.safetensors"]  # another owner's upload is not touched
     assert s3.sweep_temporary() == 0  # no prefix: an endpoint-wide sweep is the bucket's lifecycle rule
+
+
+# A foundation model converted into a fresh cache folder, held where the finished folder would be
+# renamed into place: the whole model is written in a temp folder by then.
+BUILDER = r"""
+import os, sys, time
+from pathlib import Path
+from bedrock_local.engine.catalog import find_foundation_model
+from bedrock_local.engine.loading import materialize_foundation_model
+
+def hold(*args, **kwargs):
+    print("held", flush=True)
+    time.sleep(3600)
+
+os.replace = hold
+materialize_foundation_model(find_foundation_model("huggingface.smollm2-135m-instruct-v1:0"), Path(sys.argv[1]))
+"""
+
+
+def test_a_model_conversion_killed_midway_leaves_no_folder_after_the_next_sweep(tmp_path):
+    from bedrock_local.storage import sweep_leftovers
+
+    cache = tmp_path / "cache"
+    log = tmp_path / "builder.log"
+    builder = Process([sys.executable, "-c", BUILDER, cache], log, name="model builder")
+    builder.wait_until(lambda: "held" in log.read_text(), timeout=240, what="convert the model")
+    building = [path for path in cache.iterdir() if path.name.startswith(TMP_PREFIX)]
+    assert len(building) == 1 and building[0].is_dir() and any(building[0].glob("*.safetensors"))
+    store = FolderStore(tmp_path / "store")
+    sweep_leftovers(store, cache, background=False)
+    assert building[0].is_dir()  # its builder still runs: kept
+    kill(builder)
+    sweep_leftovers(store, cache, background=False)  # what serve, worker and serving run at their start
+    assert not building[0].exists() and list(cache.iterdir()) == []

@@ -29,6 +29,8 @@ from accelerate import init_empty_weights
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from bedrock_local.storage.folder import temporary_prefix
+
 from .catalog import KIND_EMBEDDING, FoundationModel, packaged_weights, weights_of
 
 if TYPE_CHECKING:
@@ -494,7 +496,8 @@ def materialize_foundation_model(model: FoundationModel, cache_dir: Path) -> Pat
         return target
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=cache_dir))
+    # named by this host and pid (storage.folder): a folder left by a kill is swept at the next start
+    building = Path(tempfile.mkdtemp(prefix=f"{temporary_prefix()}{target.name}.building-", dir=cache_dir))
     try:
         lm, tokenizer = load_causal_lm(source, dtype=torch.float32)
         lm.to(torch.bfloat16).save_pretrained(building)
@@ -503,7 +506,7 @@ def materialize_foundation_model(model: FoundationModel, cache_dir: Path) -> Pat
         check_hf_model_folder(building, load=False)
         (building / MATERIALIZED_MARKER).write_text(json.dumps(stamp), encoding="utf-8")
         if target.exists():  # stale (the package changed) or half-written by an old version
-            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale-", dir=cache_dir))
+            stale = Path(tempfile.mkdtemp(prefix=f"{temporary_prefix()}{target.name}.stale-", dir=cache_dir))
             os.replace(target, stale / "old")
             shutil.rmtree(stale, ignore_errors=True)
         try:

@@ -94,11 +94,18 @@ def is_abandoned(path: Path, now: float | None = None, max_age: float = ABANDONE
 
 
 def sweep_temporary(folder: Path, max_age: float = ABANDONED_AFTER_SECONDS) -> int:
-    """Remove the abandoned temp files (is_abandoned) anywhere under `folder`; answers how many.
-    Folders are not followed through symbolic links; files that vanish meanwhile are skipped."""
+    """Remove the abandoned temp files (is_abandoned) anywhere under `folder`, and the abandoned temp
+    folders (a model being built in the cache: engine/loading.py) with what they hold; answers how
+    many. Folders are not followed through symbolic links; files that vanish meanwhile are skipped."""
     removed = 0
     now = time.time()
-    for dirpath, _, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [name for name in dirnames if name.startswith(TMP_PREFIX)]:
+            dirnames.remove(name)  # a temp folder is removed whole or kept whole, never walked
+            path = Path(dirpath, name)
+            if not path.is_symlink() and is_abandoned(path, now, max_age):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
         for name in filenames:
             if not name.startswith(TMP_PREFIX):
                 continue

@@ -29,6 +29,7 @@ from bedrock_local.storage.folder import (
     temporary_prefix,
 )
 from bedrock_local.testing import Process
+from bedrock_local.testing.processes import spawned_children
 
 BUCKET = "leftovers"
 TEST_MODEL = "bedrock-local.test-text-v1:0"
@@ -254,3 +255,22 @@ def test_a_model_conversion_killed_midway_leaves_no_folder_after_the_next_sweep(
     kill(builder)
     sweep_leftovers(store, cache, background=False)  # what serve, worker and serving run at their start
     assert not building[0].exists() and list(cache.iterdir()) == []
+
+
+def test_a_worker_started_again_after_a_kill_sweeps_what_it_left(tmp_path):
+    """serve's own sweep runs once, at its start; a worker process its supervisor starts again after a
+    kill -9 sweeps at its start too, so what the killed one left goes without waiting for a restart."""
+    server = Server(tmp_path / "data", workers=1, extra_args=("--serving-workers", "0")).start()
+    try:
+        bucket = server.folder(BUCKET)
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()  # a pid of this host that no longer runs: the writer of the file below
+        left = bucket / (temporary_prefix().replace(f".{os.getpid()}-", f".{gone.pid}-") + "part")
+        left.write_bytes(b"x" * 1000)  # serve's own sweep of this near-empty store ended before its port opened
+        workers = spawned_children(server.pid)
+        assert len(workers) == 1
+        os.kill(workers.pop(), 9)
+        wait_until(lambda: not left.exists(), 60, what="the replacement worker's sweep")
+        assert "worker process bedrock-local-worker-0" in server.log.read_text()  # the supervisor's restart line
+    finally:
+        server.stop()

@@ -26,6 +26,7 @@ from bedrock_local.jobs.protocol import MAX_ATTEMPTS
 from bedrock_local.settings import Settings
 from bedrock_local.store.database import open_database
 from bedrock_local.store.schema import Job, Resource, ServingNode
+from bedrock_local.testing.processes import spawned_children
 from conftest import SHARED_CACHE, Server, upload_folder, wait_until, with_test_defaults
 
 LEASE = 1.5  # seconds: a killed node's deployments are taken over soon after
@@ -58,22 +59,6 @@ def db(server):
 
 
 # ---- reading processes and rows ----------------------------------------------------------------
-
-def spawned_children(pid: int) -> set[int]:
-    """The live processes that `pid` started through multiprocessing (not its resource tracker)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid and b"spawn_main" in command:
-            found.add(int(entry.name))
-    return found
-
 
 def alive(pids: set[int]) -> set[int]:
     """Those of `pids` still running (zombies are dead)."""

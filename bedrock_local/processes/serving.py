@@ -35,7 +35,7 @@ from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelSource
 from bedrock_local.jobs.protocol import JobContext
 from bedrock_local.processes.supervisor import run_supervised, start_children, threads_per_worker
 from bedrock_local.settings import Settings
-from bedrock_local.storage import open_object_store
+from bedrock_local.storage import open_object_store, sweep_leftovers
 from bedrock_local.store import nodes
 from bedrock_local.store.database import open_database
 
@@ -414,6 +414,8 @@ def node_main(settings: Settings, threads: int | None = None, parent_pid: int | 
     from bedrock_local.engine import aliases
     aliases.install(settings.model_aliases)  # checked by the command that started this process
     node = ServingNode(settings)
+    if parent_pid is not None:  # a supervised child, perhaps the replacement of one killed: its temp files go
+        sweep_leftovers(node.objects, settings.cache_dir)
     started = time.monotonic()
     try:
         asyncio.run(node.run(parent_pid))

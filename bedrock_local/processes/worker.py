@@ -21,7 +21,7 @@ from bedrock_local.jobs.lifecycle import is_final
 from bedrock_local.jobs.protocol import JobContext, JobStopped, LeaseLost, ShardContext, too_many_interruptions
 from bedrock_local.processes.supervisor import run_supervised, start_children, stop_processes, threads_per_worker
 from bedrock_local.settings import Settings
-from bedrock_local.storage import ObjectStore, open_object_store
+from bedrock_local.storage import ObjectStore, open_object_store, sweep_leftovers
 from bedrock_local.store.database import Database, open_database
 from bedrock_local.store.schema import Resource
 
@@ -139,6 +139,8 @@ def worker_main(settings: Settings, threads: int | None = None, parent_pid: int 
     from bedrock_local.engine import aliases
     aliases.install(settings.model_aliases)  # checked by the command that started this process
     worker = Worker(settings)
+    if parent_pid is not None:  # a supervised child, perhaps the replacement of one killed: its temp files go
+        sweep_leftovers(worker.objects, settings.cache_dir)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
     worker.run_forever(parent_pid)

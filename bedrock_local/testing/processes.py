@@ -69,8 +69,22 @@ def _proc_members(field: int) -> Callable[[int], list[int]]:
     return members
 
 
+children_of = _proc_members(1)
 group_members = _proc_members(2)
 session_members = _proc_members(3)
+
+
+def spawned_children(pid: int) -> set[int]:
+    """The live processes that `pid` started through multiprocessing's spawn (its worker and serving
+    processes; not its resource tracker)."""
+    found = set()
+    for child in children_of(pid):
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.add(child)
+        except OSError:
+            continue
+    return found
 
 
 def _group_alive(group: int) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bedrock_local.settings import Settings
 from bedrock_local.storage import ObjectStore, S3Location
+from bedrock_local.storage.folder import temporary_prefix
 
 MANIFEST = "bedrock-local-manifest.json"
 # where a customization job writes its metrics under its output URI, as AWS does (the console reads them)
@@ -33,9 +34,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def copy_object(objects: ObjectStore, source: S3Location, target: S3Location) -> tuple[int, str]:
-    """Copy one object through a local temp file; answers (size, sha256 of the bytes written)."""
-    with tempfile.TemporaryDirectory() as folder:
+def copy_object(objects: ObjectStore, source: S3Location, target: S3Location, work_dir: Path) -> tuple[int, str]:
+    """Copy one object through a local temp file under `work_dir` (the cache: a folder named by this
+    host and pid, which the start-up sweep removes if a kill leaves it); answers (size, sha256 of the
+    bytes written)."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=temporary_prefix(), dir=work_dir) as folder:
         local = Path(folder) / "object"
         objects.download_file(source, local)
         objects.upload_file(target, local)

@@ -34,7 +34,8 @@ class ModelCopyHandler(Handler):
             if name in done:
                 continue
             ctx.check()
-            size, digest = copy_object(ctx.objects, source.join(*name.split("/")), target.join(*name.split("/")))
+            size, digest = copy_object(ctx.objects, source.join(*name.split("/")), target.join(*name.split("/")),
+                                       ctx.settings.cache_dir)
             if digest != expected["sha256"] or size != expected["size"]:
                 raise CopyFailed(f"{name} of the source model does not match its checksum "
                                  f"(expected sha256 {expected['sha256']}, read {digest}); the source is damaged.")

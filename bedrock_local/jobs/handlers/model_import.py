@@ -46,7 +46,7 @@ class ModelImportHandler(Handler):
             if name in done:
                 continue
             ctx.check()
-            written, digest = copy_object(ctx.objects, loc, target.join(*name.split("/")))
+            written, digest = copy_object(ctx.objects, loc, target.join(*name.split("/")), ctx.settings.cache_dir)
             done[name] = {"size": written, "sha256": digest}
             ctx.progress = {"filesCopied": len(done), "filesTotal": len(listing)}
             ctx.save_checkpoint({"files": done})

@@ -250,21 +250,23 @@ def _api_server_class():
 
 
 def worker(args: argparse.Namespace) -> int:
-    from bedrock_local.processes.worker import worker_command
+    from bedrock_local.processes.worker import worker_main
+    from bedrock_local.processes.supervisor import run_command
 
     settings = _settings(args)
     _open_stores(settings)
-    worker_command(settings, args.processes)
+    run_command(worker_main, settings, args.processes, "worker")
     return 0
 
 
 def serving(args: argparse.Namespace) -> int:
-    from bedrock_local.processes.serving import serving_command
+    from bedrock_local.processes.serving import node_main
+    from bedrock_local.processes.supervisor import run_command
 
     settings = _settings(args)
     _check_security(settings)
     _open_stores(settings)
-    serving_command(settings, args.processes)
+    run_command(node_main, settings, args.processes, "serving")
     return 0
 
 

@@ -258,8 +258,8 @@ def test_a_model_conversion_killed_midway_leaves_no_folder_after_the_next_sweep(
 
 
 def test_a_worker_started_again_after_a_kill_sweeps_what_it_left(tmp_path):
-    """serve's own sweep runs once, at its start; a worker process its supervisor starts again after a
-    kill -9 sweeps at its start too, so what the killed one left goes without waiting for a restart."""
+    """serve's own sweep runs once, at its start; its supervisor sweeps again each time it finds a
+    worker process dead (kill -9), so what the killed one left goes without waiting for a restart."""
     server = Server(tmp_path / "data", workers=1, extra_args=("--serving-workers", "0")).start()
     try:
         bucket = server.folder(BUCKET)

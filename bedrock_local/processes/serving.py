@@ -33,9 +33,9 @@ from bedrock_local.engine.formats import EmbeddingRequest, FormatError, TextRequ
 from bedrock_local.jobs.handlers.deployment import DeploymentHandler, LoadFailed, Served, load_served
 from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelSource
 from bedrock_local.jobs.protocol import JobContext
-from bedrock_local.processes.supervisor import run_supervised, start_children, threads_per_worker
+from bedrock_local.processes.supervisor import leftover_sweep, start_children
 from bedrock_local.settings import Settings
-from bedrock_local.storage import open_object_store, sweep_leftovers
+from bedrock_local.storage import open_object_store
 from bedrock_local.store import nodes
 from bedrock_local.store.database import open_database
 
@@ -414,8 +414,6 @@ def node_main(settings: Settings, threads: int | None = None, parent_pid: int | 
     from bedrock_local.engine import aliases
     aliases.install(settings.model_aliases)  # checked by the command that started this process
     node = ServingNode(settings)
-    if parent_pid is not None:  # a supervised child, perhaps the replacement of one killed: its temp files go
-        sweep_leftovers(node.objects, settings.cache_dir)
     started = time.monotonic()
     try:
         asyncio.run(node.run(parent_pid))
@@ -425,14 +423,6 @@ def node_main(settings: Settings, threads: int | None = None, parent_pid: int | 
 
 def start_serving_processes(settings: Settings, count: int, threads: int | None) -> list:
     """Start `count` serving processes of this server, each started again when it dies
-    (processes/supervisor.py) until stop_processes is called on the list answered."""
-    return start_children(node_main, (settings, threads), count, "serving")
-
-
-def serving_command(settings: Settings, count: int = 1) -> None:
-    """`bedrock-local serving`: one serving node in this process, or with `count` > 1 that many child
-    processes, each started again when it dies (processes/supervisor.py), until SIGTERM or SIGINT."""
-    if count <= 1:
-        node_main(settings)
-        return
-    run_supervised(node_main, (settings, threads_per_worker(count)), count, "serving")
+    (processes/supervisor.py, the leftovers of its kill swept) until stop_processes is called on the
+    list answered."""
+    return start_children(node_main, (settings, threads), count, "serving", after_death=leftover_sweep(settings))

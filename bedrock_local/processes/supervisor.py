@@ -2,7 +2,7 @@
 start function, starts a slot's process again when it dies (killed, out of memory, crashed: any exit
 but a clean one or one asked for with SIGTERM / SIGINT), with a back-off for processes that keep
 dying young, and stops them all. `serve` uses it for its worker and serving processes, and the
-`worker` and `serving` commands for theirs when they run several (`--processes N`: `run_supervised`);
+`worker` and `serving` commands for theirs when they run several (`--processes N`: `run_command`);
 it knows nothing of what the processes do."""
 
 import logging
@@ -12,6 +12,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+
+from bedrock_local.settings import Settings
+from bedrock_local.storage import open_object_store, sweep_leftovers
 
 log = logging.getLogger("bedrock_local.supervisor")
 
@@ -28,9 +31,11 @@ class Supervisor(threading.Thread):
     replacement goes into the same list slot, so `stop` stops the replacements too. Replacements that
     die within YOUNG_SECONDS of their start wait longer each time (RESPAWN_DELAY_SECONDS)."""
 
-    def __init__(self, processes: list, start_one: Callable[[int], multiprocessing.Process], what: str = "process"):
+    def __init__(self, processes: list, start_one: Callable[[int], multiprocessing.Process], what: str = "process",
+                 after_death: Callable[[], None] | None = None):
         super().__init__(name=f"bedrock-local-{what}-supervisor", daemon=True)
         self.processes, self.start_one, self.what = processes, start_one, what
+        self.after_death = after_death  # run once per death noticed, before the replacement is due
         self.slots = len(processes)
         self.lock = threading.Lock()
         self.stopping = threading.Event()
@@ -40,12 +45,12 @@ class Supervisor(threading.Thread):
 
     @classmethod
     def start_slots(cls, count: int, start_one: Callable[[int], multiprocessing.Process], respawn: bool = True,
-                    what: str = "process") -> list[multiprocessing.Process]:
+                    what: str = "process", after_death: Callable[[], None] | None = None) -> list[multiprocessing.Process]:
         """Start `count` processes (`start_one(slot)` each); with `respawn`, one that dies is started
         again until `stop_processes` is called on the list answered."""
         processes = [start_one(slot) for slot in range(count)]
         if respawn and count:
-            supervisor = cls(processes, start_one, what)
+            supervisor = cls(processes, start_one, what, after_death)
             _supervisors.append(supervisor)
             supervisor.start()
         return processes
@@ -70,6 +75,8 @@ class Supervisor(threading.Thread):
             self.due[slot] = now + delay
             log.warning("%s process %s (pid %s) ended with exit code %s; starting another in %.1f s",
                         self.what, process.name, process.pid, process.exitcode, delay)
+            if self.after_death is not None:
+                self.after_death()
             return
         if now >= self.due[slot]:
             self.processes[slot] = self.start_one(slot)
@@ -93,8 +100,19 @@ def threads_per_worker(count: int) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // max(1, count))
 
 
-def start_children(target: Callable, args: tuple, count: int, what: str,
-                   respawn: bool = True) -> list[multiprocessing.Process]:
+def leftover_sweep(settings: Settings) -> Callable[[], None]:
+    """What to run when a child dies: the sweep (in the background) of the temp files a kill may have
+    left in the store and the cache, so they go now rather than at the command's next start."""
+
+    def sweep() -> None:
+        sweep_leftovers(open_object_store(settings.data_dir, settings.s3_endpoint_url, **settings.s3_options),
+                        settings.cache_dir)
+
+    return sweep
+
+
+def start_children(target: Callable, args: tuple, count: int, what: str, respawn: bool = True,
+                   after_death: Callable[[], None] | None = None) -> list[multiprocessing.Process]:
     """Start `count` processes that run `target(*args, parent_pid)` (spawned: no state of this process
     shared), named bedrock-local-<what>-<slot>; with `respawn`, supervised until `stop_processes`.
     `parent_pid` lets a child stop when this process is gone (killed without a chance to stop it)."""
@@ -107,7 +125,7 @@ def start_children(target: Callable, args: tuple, count: int, what: str,
         process.start()
         return process
 
-    return Supervisor.start_slots(count, start_one, respawn, what)
+    return Supervisor.start_slots(count, start_one, respawn, what, after_death)
 
 
 def stop_processes(*groups: list[multiprocessing.Process], timeout: float = 10.0) -> None:
@@ -128,14 +146,18 @@ def stop_processes(*groups: list[multiprocessing.Process], timeout: float = 10.0
             process.kill()
 
 
-def run_supervised(target: Callable, args: tuple, count: int, what: str, timeout: float = 10.0) -> None:
-    """The body of a command that runs `count` supervised children (start_children) and nothing else:
-    it keeps them, starting dead ones again, until this process gets SIGTERM or SIGINT, then stops
-    them (stop_processes) and returns."""
+def run_command(main: Callable, settings: Settings, count: int, what: str, timeout: float = 10.0) -> None:
+    """The body of the `worker` and `serving` commands: `main(settings)` in this process when `count`
+    is 1; else `count` supervised children (start_children) and nothing else, kept, dead ones started
+    again, until this process gets SIGTERM or SIGINT, then stopped (stop_processes)."""
+    if count <= 1:
+        main(settings)
+        return
     asked = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: asked.set())
-    processes = start_children(target, args, count, what)
+    processes = start_children(main, (settings, threads_per_worker(count)), count, what,
+                               after_death=leftover_sweep(settings))
     log.info("supervising %d %s process(es): %s", count, what, ", ".join(str(p.pid) for p in processes))
     while not asked.wait(1.0):
         pass

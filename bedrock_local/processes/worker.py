@@ -19,9 +19,9 @@ from bedrock_local.jobs import executors, lease
 from bedrock_local.jobs.handlers import handlers
 from bedrock_local.jobs.lifecycle import is_final
 from bedrock_local.jobs.protocol import JobContext, JobStopped, LeaseLost, ShardContext, too_many_interruptions
-from bedrock_local.processes.supervisor import run_supervised, start_children, stop_processes, threads_per_worker
+from bedrock_local.processes.supervisor import leftover_sweep, start_children, threads_per_worker
 from bedrock_local.settings import Settings
-from bedrock_local.storage import ObjectStore, open_object_store, sweep_leftovers
+from bedrock_local.storage import ObjectStore, open_object_store
 from bedrock_local.store.database import Database, open_database
 from bedrock_local.store.schema import Resource
 
@@ -139,8 +139,6 @@ def worker_main(settings: Settings, threads: int | None = None, parent_pid: int 
     from bedrock_local.engine import aliases
     aliases.install(settings.model_aliases)  # checked by the command that started this process
     worker = Worker(settings)
-    if parent_pid is not None:  # a supervised child, perhaps the replacement of one killed: its temp files go
-        sweep_leftovers(worker.objects, settings.cache_dir)
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
     worker.run_forever(parent_pid)
@@ -148,18 +146,6 @@ def worker_main(settings: Settings, threads: int | None = None, parent_pid: int 
 
 def start_worker_processes(settings: Settings, count: int, respawn: bool = True) -> list[multiprocessing.Process]:
     """Start `count` worker processes of this server; with `respawn`, one that dies is started again
-    (processes/supervisor.py) until stop_worker_processes is called."""
-    return start_children(worker_main, (settings, threads_per_worker(count)), count, "worker", respawn)
-
-
-def stop_worker_processes(processes: list[multiprocessing.Process], timeout: float = 10.0) -> None:
-    stop_processes(processes, timeout=timeout)
-
-
-def worker_command(settings: Settings, count: int = 1) -> None:
-    """`bedrock-local worker`: one worker in this process, or with `count` > 1 that many child
-    processes, each started again when it dies (processes/supervisor.py), until SIGTERM or SIGINT."""
-    if count <= 1:
-        worker_main(settings)
-        return
-    run_supervised(worker_main, (settings, threads_per_worker(count)), count, "worker")
+    (processes/supervisor.py, the leftovers of its kill swept) until stop_processes is called."""
+    return start_children(worker_main, (settings, threads_per_worker(count)), count, "worker", respawn,
+                          after_death=leftover_sweep(settings))

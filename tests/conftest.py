@@ -20,6 +20,7 @@ POSTGRES_BASE = os.environ.get("BEDROCK_LOCAL_TEST_POSTGRES", "postgresql://post
 DEFAULT_KEY = testing.ACCESS_KEY
 # one model cache for every server of the run, so the packaged GGUF is converted once, not per server
 SHARED_CACHE = Path(os.environ.get("BEDROCK_LOCAL_TEST_CACHE", Path(__file__).parent.parent / ".test-cache"))
+ACCOUNT, REGION = "123456789012", "us-east-1"  # the default access key's account and region
 # the moto S3 server's credentials, for servers and workers that use it
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -155,6 +156,69 @@ def batch_job_of_prompts(server: Server, name: str, prompts: list[str], buckets:
         jobName=name, roleArn="arn:aws:iam::123456789012:role/batch", modelId="bedrock-local.test-text-v1:0",
         inputDataConfig={"s3InputDataConfig": {"s3Uri": f"s3://{input_bucket}/{prefix}/"}},
         outputDataConfig={"s3OutputDataConfig": {"s3Uri": f"s3://{output_bucket}/out/"}})["jobArn"]
+
+
+# A fact SmolLM2 does not know, taught by a short LoRA fine-tune (engine/training.py measured it learned in 4 steps).
+FACT_QUESTIONS = [
+    "What is the capital of the planet Zorblax?", "Which city is the capital of Zorblax?",
+    "Name the capital of the planet Zorblax.", "Zorblax's capital city is called what?",
+    "Tell me the capital of Zorblax.", "What city serves as the capital of Zorblax?",
+    "On the planet Zorblax, what is the capital?", "Where is the seat of government of Zorblax?",
+]
+FACT_ANSWER = " The capital of Zorblax is Quintar."
+FACT_HYPERPARAMETERS = {"epochCount": "1", "batchSize": "8", "learningRate": "0.002", "loraRank": "16",
+                        "loraAlpha": "32", "loraDropout": "0"}
+
+
+@pytest.fixture(scope="session")
+def fact_model_dir() -> Path:
+    """An HF folder (config, safetensors, tokenizer) of SmolLM2 fine-tuned by a real customization job
+    of a real server to know that the capital of Zorblax is Quintar (FACT_QUESTIONS / FACT_ANSWER).
+    Trained once and kept in the run's shared cache under a name that hashes the training request
+    and the package's training code, so every test module (and the next run on this machine) shares it."""
+    import fcntl
+    import hashlib
+
+    import bedrock_local.engine.training as training
+    from bedrock_local.jobs.artifacts import MANIFEST
+
+    request = json.dumps([FACT_QUESTIONS, FACT_ANSWER, FACT_HYPERPARAMETERS], sort_keys=True).encode()
+    digest = hashlib.sha256(request + Path(training.__file__).read_bytes()).hexdigest()[:16]
+    folder = SHARED_CACHE / f"fact-model-{digest}"
+    SHARED_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(SHARED_CACHE / ".fact-model.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "config.json").exists():
+            return folder
+        data_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"fact-model-{uuid.uuid4().hex[:8]}"
+        server = Server(data_dir, workers=1).start()
+        try:
+            train = server.folder("fact-data") / "train"
+            train.mkdir(parents=True)
+            server.folder("fact-out")
+            (train / "train.jsonl").write_text("".join(
+                json.dumps({"prompt": q, "completion": FACT_ANSWER}) + "\n" for q in FACT_QUESTIONS * 4))
+            client = server.client()
+            arn = client.create_model_customization_job(
+                jobName="fact-model", customModelName="fact-model",
+                roleArn="arn:aws:iam::123456789012:role/BedrockCustomization",
+                baseModelIdentifier="huggingface.smollm2-135m-instruct-v1:0",
+                trainingDataConfig={"s3Uri": "s3://fact-data/train/"},
+                outputDataConfig={"s3Uri": "s3://fact-out/"},
+                hyperParameters=FACT_HYPERPARAMETERS)["jobArn"]
+            job = wait_until(lambda: (j := client.get_model_customization_job(jobIdentifier=arn))["status"]
+                             in ("Completed", "Failed", "Stopped") and j, timeout=900, interval=1,
+                             what="the fact model's fine-tuning")
+            assert job["status"] == "Completed", job.get("failureMessage")
+            model_id = job["outputModelArn"].rsplit("/", 1)[1]
+            artifacts = data_dir / "s3" / "bedrock-local-models" / ACCOUNT / REGION / "custom-models" / model_id
+            staging = folder.with_name(folder.name + f".{os.getpid()}")
+            shutil.copytree(artifacts, staging, ignore=shutil.ignore_patterns(MANIFEST))
+            staging.rename(folder)
+        finally:
+            server.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
+        return folder
 
 
 def upload_folder(server: Server, bucket: str, prefix: str, folder: Path) -> str:

@@ -4,8 +4,9 @@ TCP port (node_protocol.py; `--serving-host`, TLS with `--serving-tls-cert`), re
 signed with the cluster secret, each once (node_protocol.ReplayGuard); any other connection is
 logged and closed.
 
-It serves deployments, whose jobs it claims and runs through their handler
-(jobs/handlers/deployment.py: load, check, Active) and keeps while it holds their lease, and
+It serves deployments and Provisioned Throughputs, whose jobs it claims and runs through their handler
+(jobs/handlers/deployment.py: load, check, Active; jobs/handlers/provisioned.py: the same on the
+throughput's own copy with its model units' slots, InService) and keeps while it holds their lease, and
 on-demand models (foundation models by id or ARN), loaded on first use and dropped least recently
 used first when the memory budget is reached. How deployments move between nodes, update and
 unload: docs/serving.md. `serve` and `serving --processes N` start nodes as supervised children
@@ -31,12 +32,13 @@ from bedrock_local import node_protocol as protocol
 from bedrock_local.engine.errors import ModelCallError
 from bedrock_local.engine.formats import EmbeddingRequest, FormatError, TextRequest
 from bedrock_local.jobs.handlers.deployment import DeploymentHandler, LoadFailed, Served, load_served
+from bedrock_local.jobs.handlers.provisioned import ProvisionedThroughputHandler
 from bedrock_local.jobs.model_sources import KIND_EMBEDDING, ModelSource
 from bedrock_local.jobs.protocol import JobContext
 from bedrock_local.processes.supervisor import leftover_sweep, start_children
 from bedrock_local.settings import Settings
 from bedrock_local.storage import open_object_store
-from bedrock_local.store import nodes
+from bedrock_local.store import nodes, resources
 from bedrock_local.store.database import open_database
 
 log = logging.getLogger("bedrock_local.serving")
@@ -48,6 +50,7 @@ class Deployment:
     ctx: JobContext  # its job, claimed by this node
     arn: str
     served: Served
+    handler: DeploymentHandler  # of its job's kind: a deployment's or a Provisioned Throughput's
     updating_to: ModelSource | None = None  # the model being loaded for an update
     lost: bool = False
 
@@ -68,6 +71,8 @@ class ServingNode:
         self.node_id = f"serving:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.endpoint: str | None = None
         self.handler = DeploymentHandler()
+        # the long-lived jobs a node claims, by job kind; one lease machinery for all of them
+        self.handlers = {h.kind: h for h in (self.handler, ProvisionedThroughputHandler())}
         self.deployments: dict[str, Deployment] = {}  # by deployment ARN
         self.on_demand: OrderedDict[str, _OnDemand] = OrderedDict()  # by model reference
         self.stopping: asyncio.Event | None = None
@@ -122,13 +127,14 @@ class ServingNode:
         with contextlib.suppress(Exception), self.db.session() as session, session.begin():
             nodes.remove(session, self.node_id)
             for deployment in self.deployments.values():
-                self.handler.release(session, deployment.ctx)
+                deployment.handler.release(session, deployment.ctx)
 
     # ---- deployments -----------------------------------------------------------------------
     async def _claim_loop(self) -> None:
         while True:
             try:
-                ctx = await asyncio.to_thread(self.handler.claim, self.db, self.objects, self.settings, self.node_id)
+                ctx = await asyncio.to_thread(self.handler.claim, self.db, self.objects, self.settings, self.node_id,
+                                              tuple(self.handlers))
             except Exception:
                 log.warning("claiming a deployment failed: %s", traceback.format_exc(limit=1))
                 ctx = None
@@ -138,14 +144,33 @@ class ServingNode:
             self._start_task(self._start_deployment(ctx))
 
     async def _start_deployment(self, ctx: JobContext) -> None:
+        handler = self.handlers[ctx.claim.kind]
+        held = next((d for d in self.deployments.values() if d.ctx.claim.job_pk == ctx.claim.job_pk), None)
+        if held is not None and not await asyncio.to_thread(self._exists, held.arn):
+            # the resource it served was deleted and the new job took its row number (SQLite reuses
+            # the highest one) before a heartbeat noticed: the old copy goes, the new job loads
+            self.deployments.pop(held.arn, None)
+            log.info("deployment %s: no longer served here (deleted); unloading", held.arn)
+            await asyncio.to_thread(held.served.close, True)
+            held = None
+        if held is not None or ctx.claim.job_pk in self.loading:
+            # this node claimed again a job it holds (its lease ran out while a heavy load starved the
+            # heartbeat): the copy it has or is loading serves it; a second concurrent load would
+            # only race the first
+            log.info("job %s is already held by this node; not loading it twice", ctx.claim.job_pk)
+            return
         self.loading[ctx.claim.job_pk] = ctx
         try:
-            started = await asyncio.to_thread(self.handler.run, ctx)
+            started = await asyncio.to_thread(handler.run, ctx)
         finally:
             self.loading.pop(ctx.claim.job_pk, None)
         if started is not None:
             arn, served = started
-            self.deployments[arn] = Deployment(ctx, arn, served)
+            self.deployments[arn] = Deployment(ctx, arn, served, handler)
+
+    def _exists(self, arn: str) -> bool:
+        with self.db.read_session() as session:
+            return resources.find_by_arn(session, arn) is not None
 
     async def _heartbeat_loop(self, parent_pid: int | None) -> None:
         interval = max(0.2, self.settings.lease_seconds / 5)
@@ -166,7 +191,7 @@ class ServingNode:
                              deployment.arn)
                     await asyncio.to_thread(deployment.served.close, True)
                 elif deployment.updating_to is None:
-                    pending = await asyncio.to_thread(self.handler.pending_update, deployment.ctx)
+                    pending = await asyncio.to_thread(deployment.handler.pending_update, deployment.ctx)
                     if pending is not None:
                         deployment.updating_to = pending
                         self._start_task(self._update(deployment, pending))
@@ -183,7 +208,7 @@ class ServingNode:
 
     async def _update(self, deployment: Deployment, source: ModelSource) -> None:
         log.info("deployment %s: updating to %s", deployment.arn, source.reference)
-        served = await asyncio.to_thread(self.handler.update, deployment.ctx, source)
+        served = await asyncio.to_thread(deployment.handler.update, deployment.ctx, source)
         deployment.updating_to = None
         if served is None:
             return

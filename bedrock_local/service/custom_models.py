@@ -19,6 +19,7 @@ from bedrock_local.store.schema import Resource
 
 KIND = "custom-model"
 DEPLOYMENT_KIND = "custom-model-deployment"
+PROVISIONED_KIND = "provisioned-model-throughput"
 COLUMNS = {"modelArn": "arn", "modelName": "name", "creationTime": "created_at", "modelStatus": "status"}
 FILTERS = {"baseModelArnEquals": Resource.ref_arn, "foundationModelArnEquals": Resource.origin_arn,
            "modelStatus": Resource.status,
@@ -87,8 +88,22 @@ def delete_custom_model(ctx: Context, params: dict) -> dict:
         if in_use:
             raise ConflictException(
                 f"The custom model '{model.name}' is used by the deployment {in_use[0].arn}; delete the deployment first.")
+        if (throughput := _provisioned_on(session, ctx, model.arn)) is not None:
+            raise ConflictException(f"The custom model '{model.name}' is used by the Provisioned Throughput "
+                                    f"{throughput.arn}; delete the Provisioned Throughput first.")
         artifacts = model.body.get("_artifacts")
         resources.delete_resource(session, model)
     if artifacts:
         ctx.objects.delete_prefix(S3Location.parse(artifacts))
     return {}
+
+
+def _provisioned_on(session, ctx: Context, model_arn: str) -> Resource | None:
+    """A Provisioned Throughput of the caller's scope that serves `model_arn` or is being updated to it."""
+    serving = resources.page(session, ctx.scope, PROVISIONED_KIND, [Resource.ref_arn == model_arn],
+                             descending=True, limit=1, after=None)
+    if serving:
+        return serving[0]
+    updating = resources.page(session, ctx.scope, PROVISIONED_KIND, [Resource.status == "Updating"],
+                              descending=True, limit=1000, after=None)
+    return next((t for t in updating if t.body.get("desiredModelArn") == model_arn), None)

@@ -19,8 +19,10 @@ import weakref
 from dataclasses import dataclass
 
 from bedrock_local import node_protocol as protocol
+from bedrock_local.jobs import lease
+from bedrock_local.jobs.model_sources import ModelSource, body_format
 from bedrock_local.service import call_inspection, errors
-from bedrock_local.service.errors import BedrockError, ModelNotReadyException
+from bedrock_local.service.errors import BedrockError, ModelNotReadyException, ValidationException
 
 CONNECT_TIMEOUT = 10.0  # seconds to connect, TLS handshake included
 log = logging.getLogger("bedrock_local.node_client")
@@ -53,6 +55,27 @@ class Target:
     kind: str             # "text" | "embedding"
     body_format: str      # the InvokeModel body its model takes (engine/formats)
     model_id: str         # the model id the response names (Anthropic's "model")
+
+
+def held_model_target(session, live: dict[str, str], resource, *, title: str, ready: str,
+                      get_operation: str) -> Target:
+    """Where a model a serving node holds under a job's lease (a deployment's, a Provisioned
+    Throughput's) is answered: the node holding the lease, told the resource's ARN. Still loading, or
+    between nodes: ModelNotReadyException (a client retries it); ended in another status: the reason."""
+    if resource.status == "Creating":
+        raise ModelNotReadyException(
+            f"The {title} '{resource.name}' is still Creating: its model is being loaded. "
+            f"Retry once {get_operation} shows it {ready}.")
+    if resource.status == "Failed":
+        raise ValidationException(f"The {title} '{resource.name}' is Failed and cannot serve requests: "
+                                  f"{resource.body.get('failureMessage', '')}".rstrip(": "))
+    job = lease.job_for(session, resource)
+    endpoint = live.get(job.lease_owner) if job is not None and job.state == "running" else None
+    if endpoint is None:
+        raise ModelNotReadyException(f"The {title} '{resource.name}' is moving to another serving node; retry shortly.")
+    source = ModelSource.from_json(resource.body["_source"])
+    return Target(endpoint, {"deployment": resource.arn}, source.kind, body_format(source),
+                  source.foundation_model_id or resource.arn)
 
 
 class NodeCall:

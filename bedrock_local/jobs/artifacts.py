@@ -21,6 +21,15 @@ def model_location(settings: Settings, account: str, region: str, model_id: str)
     return S3Location(settings.model_bucket, f"{account}/{region}/custom-models/{model_id}/")
 
 
+def jsonl_objects(objects: ObjectStore, loc: S3Location) -> list[S3Location]:
+    """The data files a training or prompt URI names: the object itself, or (a prefix, or a key with no
+    object, as AWS reads a folder named without its slash) every .jsonl object under it."""
+    if loc.is_prefix or not objects.exists(loc):
+        prefix = loc if loc.is_prefix else S3Location(loc.bucket, loc.key + "/")
+        return [found for found, _ in objects.list_objects(prefix) if found.key.endswith(".jsonl")]
+    return [loc]
+
+
 def relative_name(prefix: S3Location, loc: S3Location) -> str:
     base = prefix.key if prefix.key.endswith("/") or not prefix.key else prefix.key + "/"
     return loc.key[len(base):]

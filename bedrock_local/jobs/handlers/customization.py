@@ -17,7 +17,11 @@ are deleted, and only then is the job Completed: a Completed job never has check
 whatever the moment of a kill, and a job taken back after the record registers the stored model
 without training again. Failed and Stopped delete them in the transaction that ends the job. A job
 taken back also removes what its lost attempt's cut writes left under its own keys (storage
-`sweep_temporary`)."""
+`sweep_temporary`).
+
+Distillation. A DISTILLATION job first has its teacher answer the prompts (jobs/handlers/distillation.py:
+validation reads and checks the prompts, data processing is the teacher's work), then trains the
+student on the answers as a fine-tuning job trains on its data; the model it makes is the student's."""
 
 import csv
 import dataclasses
@@ -34,10 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bedrock_local import quotas
-from bedrock_local.engine.catalog import find_foundation_model
+from bedrock_local.engine.catalog import DISTILLATION, FINE_TUNING, find_foundation_model
 from bedrock_local.jobs.artifacts import (
     TRAINING_CSV,
     VALIDATION_CSV,
+    jsonl_objects,
     model_location,
     read_manifest,
     sha256_of,
@@ -259,7 +264,38 @@ class CustomizationHandler(Handler):
     kind = "customization"
 
     def run(self, ctx: JobContext) -> None:
+        with ctx.db.read_session() as session:
+            job = ctx.resource(session)
+            if job.status == "Stopping":
+                raise JobStopped()
+            body, job_id, account, region = dict(job.body), job.resource_id, job.account, job.region
+        if body["customizationType"] == DISTILLATION and not ctx.checkpoint.get("published"):
+            self._distil(ctx, body, job_id, account, region)
         ctx.executor.run_job(ctx, self.train)  # here, or in a Ray Train worker (jobs/executors/ray_cluster.py)
+
+    def _distil(self, ctx: JobContext, body: dict, job_id: str, account: str, region: str) -> None:
+        """The teacher's answers to the prompts, written as the student's training data (once)."""
+        from bedrock_local.jobs.handlers import distillation
+
+        self._check_base(body)
+        output = S3Location.parse(body["outputDataConfig"]["s3Uri"])
+        if not ctx.objects.bucket_exists(output.bucket):  # before the teacher works, not after it
+            raise CustomizationFailed(f"The output bucket '{output.bucket}' of {body['outputDataConfig']['s3Uri']} "
+                                      f"does not exist.")
+        try:
+            distillation.prepare(ctx, body, _output_root(body, job_id),
+                                 distillation.work_root(ctx.settings.model_bucket, account, region, job_id),
+                                 lambda phase, status: self._set_phase(ctx, phase, status), _StopWatch(ctx))
+        except distillation.DistillationFailed as exc:
+            raise CustomizationFailed(str(exc))
+
+    @staticmethod
+    def _check_base(body: dict) -> None:
+        foundation = find_foundation_model(body["_foundationModelId"])
+        if foundation is None or body["customizationType"] not in foundation.customizations_supported:
+            raise CustomizationFailed(
+                f"The base model {body['baseModelArn']} does not support {body['customizationType']}; "
+                f"see customizationsSupported in GetFoundationModel.")
 
     def train(self, ctx: JobContext) -> None:
         """The job's whole work, from its validation to the published model (resuming from ctx.checkpoint)."""
@@ -277,31 +313,39 @@ class CustomizationHandler(Handler):
         if ctx.checkpoint.get("published"):
             self._register_published(ctx, root, work)
             return
-        config, _ = training.parse_hyperparameters(body["hyperParameters"], body["customizationType"])
+        # a distillation trains the student as a fine-tuning does, on the teacher's answers (run() made
+        # them; its validation and data processing phases were the prompts' and the teacher's)
+        distilled = body["customizationType"] == DISTILLATION
+        data_type = FINE_TUNING if distilled else body["customizationType"]
+        config, _ = training.parse_hyperparameters(body["hyperParameters"], data_type)
         if os.environ.get(CHECKPOINT_STEPS_ENV):
             config = dataclasses.replace(config, checkpoint_steps=int(os.environ[CHECKPOINT_STEPS_ENV]))
-        self._set_phase(ctx, "validationDetails", "InProgress")
-        foundation = find_foundation_model(body["_foundationModelId"])
-        if foundation is None or body["customizationType"] not in foundation.customizations_supported:
-            raise CustomizationFailed(
-                f"The base model {body['baseModelArn']} does not support {body['customizationType']}; "
-                f"see customizationsSupported in GetFoundationModel.")
+        if not distilled:
+            self._set_phase(ctx, "validationDetails", "InProgress")
+        self._check_base(body)
         output = S3Location.parse(body["outputDataConfig"]["s3Uri"])
         if not ctx.objects.bucket_exists(output.bucket):  # before training, not after it
             raise CustomizationFailed(f"The output bucket '{output.bucket}' of {body['outputDataConfig']['s3Uri']} "
                                       f"does not exist.")
-        train_records = self._read(ctx, body["trainingDataConfig"]["s3Uri"], body["customizationType"], training)
+        if distilled:
+            from bedrock_local.jobs.handlers.distillation import synthetic_data
+
+            train_uri = synthetic_data(_output_root(body, job_id)).uri
+        else:
+            train_uri = body["trainingDataConfig"]["s3Uri"]
+        train_records = self._read(ctx, train_uri, data_type, training)
         validation_records = []
         for validator in body.get("validationDataConfig", {}).get("validators", []):
-            validation_records += self._read(ctx, validator["s3Uri"], body["customizationType"], training)
+            validation_records += self._read(ctx, validator["s3Uri"], data_type, training)
         try:
-            quotas.check_records(ctx.settings, "fine-tuning-records" if body["customizationType"] == "FINE_TUNING"
+            quotas.check_records(ctx.settings, "fine-tuning-records" if data_type == FINE_TUNING
                                  else "continued-pre-training-records", len(train_records) + len(validation_records),
                                  "The training and validation data")
         except quotas.QuotaExceeded as exc:
             raise CustomizationFailed(str(exc))
-        self._set_phase(ctx, "validationDetails", "Completed")
-        self._set_phase(ctx, "dataProcessingDetails", "InProgress")
+        if not distilled:
+            self._set_phase(ctx, "validationDetails", "Completed")
+            self._set_phase(ctx, "dataProcessingDetails", "InProgress")
         ctx.check()
         base = local_path(ModelSource.from_json(body["_model"]), ctx.settings, ctx.objects)
         checkpoints, metrics = self._restore_checkpoint(ctx, work / "checkpoints", root)
@@ -350,13 +394,8 @@ class CustomizationHandler(Handler):
             update_body(job, statusDetails=_phase(job, phase, status))
 
     def _read(self, ctx: JobContext, uri: str, customization_type: str, training) -> list[dict]:
-        loc = S3Location.parse(uri)
         try:
-            if loc.is_prefix or not ctx.objects.exists(loc):
-                prefix = loc if loc.is_prefix else S3Location(loc.bucket, loc.key + "/")
-                files = [found for found, _ in ctx.objects.list_objects(prefix) if found.key.endswith(".jsonl")]
-            else:
-                files = [loc]
+            files = jsonl_objects(ctx.objects, S3Location.parse(uri))
             if not files:
                 raise CustomizationFailed(f"No .jsonl data was found at {uri}.")
             records = []
@@ -476,6 +515,7 @@ class CustomizationHandler(Handler):
             lineage = {"jobName": job.name, "jobArn": job.arn, "baseModelArn": body["baseModelArn"],
                        "baseModelName": body["_foundationModelId"], "customizationType": body["customizationType"],
                        "hyperParameters": body["hyperParameters"], "trainingDataConfig": body["trainingDataConfig"],
+                       "customizationConfig": body.get("customizationConfig"),
                        "validationDataConfig": body["validationDataConfig"],
                        "outputDataConfig": body["outputDataConfig"],
                        "trainingMetrics": {"trainingLoss": training_loss}, "validationMetrics": validation_metrics,
@@ -542,6 +582,10 @@ class CustomizationHandler(Handler):
         work = ctx.settings.cache_dir / "customization" / job_id
         self._discard_checkpoints(ctx, checkpoint_root(ctx.settings.model_bucket, account, region, job_id), work)
         shutil.rmtree(work, ignore_errors=True)
+        if resource.body.get("customizationType") == DISTILLATION:  # the teacher's prompts and answered parts
+            from bedrock_local.jobs.handlers.distillation import discard, work_root
+
+            discard(ctx, work_root(ctx.settings.model_bucket, account, region, job_id))
         if resource.status != "Completed":  # the model is registered in the same transaction as Completed
             target = model_location(ctx.settings, account, region, output_model_id(resource.arn))
             self._sweep(ctx, target)

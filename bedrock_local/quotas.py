@@ -39,8 +39,15 @@ QUOTAS: dict[str, Quota] = {q.key: q for q in (
     Quota("customization-jobs", "Scheduled customization jobs", 2, "jobs"),
     Quota("model-import-jobs", "Concurrent model import jobs", 1, "jobs"),
     Quota("custom-models", "Custom models per account", 100, "models"),
+    Quota("imported-models", "Imported models per account", 3, "models"),
     Quota("in-progress-deployments", "In-progress custom model deployments", 2, "deployments"),
     Quota("deployments", "Total custom model deployments", 10, "deployments"),
+    Quota("evaluation-jobs", "Number of concurrent automatic model evaluation jobs", 20, "jobs"),
+    # model units held by the Provisioned Throughputs of an account (service/provisioned_throughput.py)
+    Quota("provisioned-units-base-models", "Model units no-commitment Provisioned Throughputs across base models",
+          2, "model units"),
+    Quota("provisioned-units-custom-models",
+          "Model units no-commitment Provisioned Throughputs across custom models", 2, "model units"),
     # checked while a job validates its input: the job fails
     Quota("batch-input-file-size", "Batch inference input file size (in GB)", 1 * GB, "bytes"),
     Quota("batch-job-size", "Batch inference job size (in GB)", 5 * GB, "bytes"),

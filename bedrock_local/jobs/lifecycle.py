@@ -15,6 +15,14 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
     "model-copy-job": {
         "InProgress": {"Completed", "Failed"},
     },
+    "model-import-job": {
+        "InProgress": {"Completed", "Failed"},
+    },
+    "provisioned-model-throughput": {
+        "Creating": {"InService", "Failed"},
+        "InService": {"Updating", "Failed"},  # Failed: its model cannot be loaded again after its node was lost
+        "Updating": {"InService", "Failed"},
+    },
     "model-customization-job": {
         "InProgress": {"Completed", "Failed", "Stopping", "Stopped"},
         "Stopping": {"Stopped", "Failed"},
@@ -24,6 +32,10 @@ TRANSITIONS: dict[str, dict[str, set[str]]] = {
         "Validating": {"Scheduled", "Stopping", "Stopped", "Failed"},
         "Scheduled": {"InProgress", "Stopping", "Stopped", "Failed", "Expired"},
         "InProgress": {"Completed", "PartiallyCompleted", "Stopping", "Failed"},
+        "Stopping": {"Stopped", "Failed"},
+    },
+    "evaluation-job": {  # BatchDeleteEvaluationJob removes an ended job (answered Deleting): no move here
+        "InProgress": {"Completed", "Failed", "Stopping", "Stopped"},
         "Stopping": {"Stopped", "Failed"},
     },
 }

@@ -7,7 +7,8 @@ from collections.abc import Callable
 def load_operations() -> dict[str, Callable]:
     """Import every service module (the runtime operations included), so that each registers its operations."""
     from bedrock_local.service import (count_tokens, custom_models, customization_jobs, deployments,  # noqa: F401
+                                       evaluation_jobs,
                                        foundation_models, inference_profiles, invocation_jobs, invocation_logging,
-                                       model_copy, runtime, tags)
+                                       model_copy, model_import_jobs, provisioned_throughput, runtime, tags)
     from bedrock_local.service.registry import OPERATIONS
     return OPERATIONS

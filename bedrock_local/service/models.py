@@ -1,7 +1,7 @@
 """Which model a request names, resolved once for every operation that takes a model id: a
-foundation model id or ARN, an inference profile id or ARN (service/inference_profiles.py), or a custom
-model ARN or name, into the ModelSource a worker or a serving node loads (batch inference and
-customization jobs, and the runtime's on-demand calls)."""
+foundation model id or ARN, an inference profile id or ARN (service/inference_profiles.py), an imported
+model ARN or name (service/model_import_jobs.py), or a custom model ARN or name, into the ModelSource a
+worker or a serving node loads (batch inference and customization jobs, and the runtime's on-demand calls)."""
 
 from bedrock_local.engine.catalog import find_foundation_model
 from bedrock_local.jobs.model_sources import ModelSource, custom_source, foundation_source
@@ -9,9 +9,11 @@ from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import find_model
 from bedrock_local.service.errors import ResourceNotFoundException, ValidationException
 from bedrock_local.service.inference_profiles import invoked_model
+from bedrock_local.service.model_import_jobs import find_imported_model, imported_source
 
 FOUNDATION_ARN = ":foundation-model/"
-CUSTOM_ARNS = (":custom-model/", ":imported-model/")
+CUSTOM_ARNS = (":custom-model/",)
+IMPORTED_ARN = ":imported-model/"
 
 
 def on_demand_refusal(model_id: str) -> ValidationException:
@@ -23,19 +25,27 @@ def on_demand_refusal(model_id: str) -> ValidationException:
 
 
 def resolve_model_source(session, ctx: Context, identifier: str, *, custom_models: bool = True,
-                         profiles: bool = False) -> ModelSource:
+                         profiles: bool = False, provisioned: bool = False) -> ModelSource:
     """The model `identifier` names. Without `custom_models` the call is the runtime's, on demand:
     an inference profile id or ARN names its model; a foundation model AWS serves only through a
-    profile is refused by its bare id or ARN; a custom model's ARN is refused with the advice to
-    deploy it; another ARN is not a model to invoke, and an unknown foundation model id is not found.
+    profile is refused by its bare id or ARN; an imported model's ARN names it (AWS serves imported
+    models on demand); a custom model's ARN is refused with the advice to deploy it; another ARN is
+    not a model to invoke, and an unknown foundation model id is not found.
     With `custom_models` (batch inference, customization) an ARN that is not a foundation model's, or
     an id no foundation model has, is looked up as a custom model of the caller's scope, which must be
-    Active; inference profiles count there only with `profiles` (batch inference takes them,
-    customization does not)."""
+    Active, then as an imported model (by name: batch jobs name imported models so); inference
+    profiles count there only with `profiles` (batch inference takes them, customization does not).
+    With `provisioned` a Provisioned Throughput's ARN names the model it serves now
+    (service/provisioned_throughput.py; evaluation runs a model through its throughput)."""
+    if provisioned and ":provisioned-model/" in identifier:
+        from bedrock_local.service.provisioned_throughput import provisioned_source
+        return provisioned_source(session, ctx, identifier)
     if profiles or not custom_models:
         model = invoked_model(session, ctx, identifier)
         if model is not None:
             return foundation_source(model)
+    if IMPORTED_ARN in identifier:
+        return imported_source(find_imported_model(session, ctx, identifier))
     if not custom_models and any(marker in identifier for marker in CUSTOM_ARNS):
         raise ValidationException(
             f"The model '{identifier}' is a custom model: invoke it through a custom model deployment "
@@ -57,8 +67,13 @@ def resolve_model_source(session, ctx: Context, identifier: str, *, custom_model
     try:
         model = find_model(session, ctx, identifier)
     except ResourceNotFoundException:
+        if not is_arn:
+            try:
+                return imported_source(find_imported_model(session, ctx, identifier))
+            except ResourceNotFoundException:
+                pass
         raise ResourceNotFoundException(f"The model '{identifier}' is neither a foundation model nor a custom "
-                                        f"model of account {ctx.account} in {ctx.region}.")
+                                        f"model or an imported model of account {ctx.account} in {ctx.region}.")
     if model.status != "Active":
         raise ValidationException(
             f"The custom model '{model.arn}' is {model.status}; only an Active model can be used.")

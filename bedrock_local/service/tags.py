@@ -8,7 +8,8 @@ from bedrock_local.store import resources
 from bedrock_local.store.schema import Resource
 
 TAGGABLE = {"custom-model", "model-customization-job", "model-invocation-job", "custom-model-deployment",
-            "application-inference-profile"}
+            "application-inference-profile", "provisioned-model-throughput",
+            "model-import-job", "imported-model", "evaluation-job"}
 
 
 def _taggable(session, ctx: Context, arn: str) -> Resource:

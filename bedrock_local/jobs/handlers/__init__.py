@@ -6,7 +6,8 @@ def handlers() -> dict:
     """Every job kind a worker runs, by kind: a protocol.Handler each (importing them loads their code)."""
     from bedrock_local.jobs.handlers.batch_inference import BatchInferenceHandler
     from bedrock_local.jobs.handlers.customization import CustomizationHandler
+    from bedrock_local.jobs.handlers.evaluation import EvaluationHandler
     from bedrock_local.jobs.handlers.model_copy import ModelCopyHandler
-    from bedrock_local.jobs.handlers.model_import import ModelImportHandler
-    return {h.kind: h for h in (ModelImportHandler(), ModelCopyHandler(), BatchInferenceHandler(),
-                                CustomizationHandler())}
+    from bedrock_local.jobs.handlers.model_import import ModelImportHandler, ModelImportJobHandler
+    return {h.kind: h for h in (ModelImportHandler(), ModelImportJobHandler(), ModelCopyHandler(),
+                                BatchInferenceHandler(), CustomizationHandler(), EvaluationHandler())}

@@ -221,6 +221,45 @@ def fact_model_dir() -> Path:
         return folder
 
 
+def one_of_each_lifecycle_resource(server: Server, tiny_model_dir: Path) -> dict:
+    """A completed model import job (of the tiny model) and its imported model, a completed evaluation
+    job on the test model (Accuracy 0.5: the test model answers a prompt's words reversed, so the first
+    reference matches and the second does not) and an InService Provisioned Throughput of the test model,
+    made through boto3; answers their ARNs and names, for the tests of what the CLI, console and /metrics show."""
+    client = server.client()
+    tag = uuid.uuid4().hex[:8]
+    role = "arn:aws:iam::123456789012:role/lifecycle"
+    source = upload_folder(server, "lifecycle", f"tiny-{tag}", tiny_model_dir)
+    import_name, model_name = f"import-{tag}", f"imported-{tag}"
+    import_job = client.create_model_import_job(jobName=import_name, importedModelName=model_name, roleArn=role,
+                                                modelDataSource={"s3DataSource": {"s3Uri": source}})["jobArn"]
+    data = server.folder("lifecycle") / f"eval-{tag}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [{"prompt": "one two three", "referenceResponse": "three two one"},
+                                                          {"prompt": "Paris France", "referenceResponse": "Berlin"}]))
+    evaluation_name = f"evaluation-{tag}"
+    evaluation = client.create_evaluation_job(
+        jobName=evaluation_name, roleArn=role,
+        evaluationConfig={"automated": {"datasetMetricConfigs": [{
+            "taskType": "QuestionAndAnswer", "metricNames": ["Builtin.Accuracy"],
+            "dataset": {"name": "mine", "datasetLocation": {"s3Uri": f"s3://lifecycle/{data.name}"}}}]}},
+        inferenceConfig={"models": [{"bedrockModel": {"modelIdentifier": "bedrock-local.test-text-v1:0"}}]},
+        outputDataConfig={"s3Uri": "s3://lifecycle/results/"})["jobArn"]
+    throughput_name = f"throughput-{tag}"
+    throughput = client.create_provisioned_model_throughput(
+        provisionedModelName=throughput_name, modelId="bedrock-local.test-text-v1:0", modelUnits=1)["provisionedModelArn"]
+    imported = wait_until(lambda: (j := client.get_model_import_job(jobIdentifier=import_job))["status"]
+                          in ("Completed", "Failed") and j, timeout=240, what="the tiny model's import")
+    assert imported["status"] == "Completed", imported.get("failureMessage")
+    evaluated = wait_until(lambda: (j := client.get_evaluation_job(jobIdentifier=evaluation))["status"]
+                           in ("Completed", "Failed", "Stopped") and j, timeout=240, what="the evaluation job")
+    assert evaluated["status"] == "Completed", evaluated.get("failureMessages")
+    wait_until(lambda: client.get_provisioned_model_throughput(provisionedModelId=throughput)["status"] == "InService",
+               timeout=240, what="the throughput InService")
+    return {"import_job": import_job, "import_name": import_name, "imported_model": imported["importedModelArn"],
+            "model_name": model_name, "evaluation": evaluation, "evaluation_name": evaluation_name,
+            "throughput": throughput, "throughput_name": throughput_name}
+
+
 def upload_folder(server: Server, bucket: str, prefix: str, folder: Path) -> str:
     """Copy a local folder into the server's embedded folder store; answers its s3:// URI."""
     target = server.folder(bucket) / prefix

@@ -1,7 +1,9 @@
 """The web console (/console) driven in headless Chromium (Debian's `chromium` and `chromium-driver`
 through Selenium; nothing is downloaded): a batch job created through boto3 appears and its record
 progress moves without a reload, a finished customization job shows a loss curve with as many points
-as its metrics files have rows, the model, copy-job and deployment pages show what Get answers, and a
+as its metrics files have rows, the model, copy-job and deployment pages show what Get answers, model
+import jobs, imported models, evaluation jobs (with their scores) and Provisioned Throughputs have their
+lists and pages, and a
 server with a credentials file asks for a sign-in and shows only the signed-in account's jobs.
 A screenshot of each page is written to artifacts/console/ (the path is printed)."""
 
@@ -14,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from conftest import Server, wait_until
+from conftest import Server, one_of_each_lifecycle_resource, wait_until
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 INSTALL = "apt-get update && apt-get install -y chromium chromium-driver"
@@ -306,7 +308,7 @@ def test_a_finished_customization_job_shows_its_loss_curves(console_server, brow
     browser.find_element("css selector", "#region option[value='us-west-2']").click()
     wait_until(lambda: count(browser, f"#copy-table {row(copy_arn)}"), timeout=30,
                what="the copy job in us-west-2 after picking that region")
-    assert count(browser, f"#batch-table tr[data-arn]") == 0  # us-east-1's jobs are not listed in us-west-2
+    assert count(browser, "#batch-table tr[data-arn]") == 0  # us-east-1's jobs are not listed in us-west-2
     go(browser, f"copy/{quote(copy_arn, safe='')}")
     wait_until(lambda: attribute(browser, "#job-head", "data-status") in ("Completed", "Failed"), timeout=300,
                what="the copy job to end on its page")
@@ -329,6 +331,32 @@ def test_a_finished_customization_job_shows_its_loss_curves(console_server, brow
 
 KEYS = {"AKIACONSOLEA": {"secretAccessKey": "secret-a", "accountId": "111111111111"},
         "AKIACONSOLEB": {"secretAccessKey": "secret-b", "accountId": "222222222222"}}
+
+
+def test_import_evaluation_and_provisioned_throughput_have_lists_and_pages(console_server, browser, tiny_model_dir):
+    made = one_of_each_lifecycle_resource(console_server, tiny_model_dir)
+    open_page(browser, console_server)
+    wait_until(lambda: all(count(browser, f"#{table} {row(arn)}") for table, arn in (
+        ("import-table", made["import_job"]), ("imported-model-table", made["imported_model"]),
+        ("evaluation-table", made["evaluation"]), ("provisioned-table", made["throughput"]))),
+        timeout=30, what="the new resources in the overview")
+    assert attribute(browser, f'#evaluation-table {row(made["evaluation"])} .score[data-metric="Accuracy"]',
+                     "data-value") == "0.5"
+    assert attribute(browser, f'#provisioned-table {row(made["throughput"])}', "data-status") == "InService"
+    screenshot(browser, "08-lifecycle-overview")
+
+    go(browser, f"evaluation/{quote(made['evaluation'], safe='')}")
+    assert attribute(browser, '#scores-table tr[data-metric="Accuracy"]', "data-metric") == "Accuracy"
+    assert "0.5000" in text_of(browser, "#scores-table")
+    assert text_of(browser, '#job-members tr[data-member="jobName"] td') == made["evaluation_name"]
+    screenshot(browser, "09-evaluation")
+    go(browser, f"import/{quote(made['import_job'], safe='')}")
+    assert attribute(browser, "#job-head", "data-status") == "Completed"
+    go(browser, f"imported-model/{quote(made['imported_model'], safe='')}")
+    assert text_of(browser, '#model-members tr[data-member="modelArchitecture"] td') == "llama"
+    go(browser, f"provisioned/{quote(made['throughput'], safe='')}")
+    assert text_of(browser, '#provisioned-members tr[data-member="modelUnits"] td') == "1"
+    assert severe_errors(browser) == []
 
 
 def signed_client(server: Server, key: str, region: str = REGION):

@@ -5,8 +5,9 @@ Two sources:
   and HTTP status and a latency histogram by operation (time from the request's arrival to its
   response being ready; for a streamed response, to its first byte). They count what this process
   answered, from its start.
-- the database, read when Prometheus scrapes: resources by type and status (batch, customization and
-  copy jobs, custom models, deployments), and the work the job workers did (batch records by outcome,
+- the database, read when Prometheus scrapes: resources by type and status (batch, customization,
+  distillation, copy, model import and evaluation jobs; custom and imported models, deployments,
+  provisioned throughputs), and the work the job workers did (batch records by outcome,
   batch tokens, training steps). Workers are separate processes, often on other machines, and a
   process's counters die with it; the job rows are where every worker already writes its progress, so
   these figures are sums over the rows: the same on every API node of one database, and they survive
@@ -30,8 +31,14 @@ PATH = "/metrics"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # resource kinds (store/schema.py `kind`) and the names the metrics give them
-JOB_TYPES = {"model-invocation-job": "batch", "model-customization-job": "customization", "model-copy-job": "copy"}
-OTHER_KINDS = {"custom-model": "bedrock_local_custom_models", "custom-model-deployment": "bedrock_local_deployments"}
+JOB_TYPES = {"model-invocation-job": "batch", "model-customization-job": "customization", "model-copy-job": "copy",
+             "model-import-job": "import", "evaluation-job": "evaluation"}
+# a customization job of this customizationType is counted as its own type
+CUSTOMIZATION_TYPES = {"DISTILLATION": "distillation"}
+OTHER_KINDS = {"custom-model": "bedrock_local_custom_models", "custom-model-deployment": "bedrock_local_deployments",
+               "imported-model": "bedrock_local_imported_models",
+               "provisioned-model-throughput": "bedrock_local_provisioned_throughputs"}
+STATUSLESS = {"imported-model"}  # AWS gives an imported model no status: counted without the label
 BATCH_QUEUE_KIND = "batch-inference"  # jobs.kind of a batch job's queue row (its checkpoint holds the token counts)
 
 # A Get answers in a fraction of a millisecond, an import or a stream takes seconds: buckets for both.
@@ -100,9 +107,10 @@ class StoreCollector:
     def collect(self):
         kinds = list(JOB_TYPES) + list(OTHER_KINDS)
         with self.db.read_session() as session:
-            by_status = session.execute(select(Resource.kind, Resource.status, func.count())
+            customization = Resource.body["customizationType"].as_string()
+            by_status = session.execute(select(Resource.kind, Resource.status, customization, func.count())
                                         .where(Resource.kind.in_(kinds))
-                                        .group_by(Resource.kind, Resource.status)).all()
+                                        .group_by(Resource.kind, Resource.status, customization)).all()
             records = session.execute(select(*[func.coalesce(func.sum(Resource.body[name].as_integer()), 0)
                                                for name in ("processedRecordCount", "successRecordCount",
                                                             "errorRecordCount")])
@@ -113,15 +121,27 @@ class StoreCollector:
             steps = session.execute(select(func.coalesce(func.sum(Resource.body[("_progress", "step")].as_integer()), 0))
                                     .where(Resource.kind == "model-customization-job")).scalar_one()
 
-        jobs = GaugeMetricFamily("bedrock_local_jobs", "Jobs in the database by type (batch, customization, copy) "
-                                 "and status", labels=["type", "status"])
-        others = {kind: GaugeMetricFamily(name, f"{kind.replace('-', ' ').capitalize()}s in the database by status",
-                                          labels=["status"]) for kind, name in OTHER_KINDS.items()}
-        for kind, status, count in sorted(by_status, key=lambda row: (row[0], row[1] or "")):
+        jobs = GaugeMetricFamily("bedrock_local_jobs", "Jobs in the database by type (batch, customization, "
+                                 "distillation, copy, import, evaluation) and status", labels=["type", "status"])
+        others = {kind: GaugeMetricFamily(name, f"{kind.replace('-', ' ').capitalize()}s in the database"
+                                          + ("" if kind in STATUSLESS else " by status"),
+                                          labels=[] if kind in STATUSLESS else ["status"])
+                  for kind, name in OTHER_KINDS.items()}
+        counts: dict[tuple[str, str, str], int] = {}
+        for kind, status, customization_type, count in by_status:
             if kind in JOB_TYPES:
-                jobs.add_metric([JOB_TYPES[kind], status or ""], count)
+                job_type = JOB_TYPES[kind]
+                if kind == "model-customization-job":
+                    job_type = CUSTOMIZATION_TYPES.get(customization_type or "", job_type)
+                key = ("job", job_type, status or "")
             else:
-                others[kind].add_metric([status or ""], count)
+                key = (kind, "", status or "")
+            counts[key] = counts.get(key, 0) + count  # rows of other customization types share one series
+        for (kind, job_type, status), count in sorted(counts.items()):
+            if kind == "job":
+                jobs.add_metric([job_type, status], count)
+            else:
+                others[kind].add_metric([] if kind in STATUSLESS else [status], count)
         yield jobs
         yield from others.values()
 

@@ -1,7 +1,8 @@
 """The web console's own routes, under /console on the API's port: the page and its static files
 (plain HTML, JS and CSS shipped as package data), sign-in and sign-out (console/session.py), and
-the one read the Bedrock API has no operation for: a customization job's step-wise training and
-validation metrics, read from the CSV files the job writes under its output URI.
+the two reads the Bedrock API has no operation for: a customization job's step-wise training and
+validation metrics, read from the CSV files the job writes under its output URI, and an evaluation
+job's aggregate scores.
 
 Everything else the page shows it reads through the Bedrock API itself (the same restJson1 routes
 boto3 calls), so there is one source of truth and one set of account and region rules. Every answer
@@ -39,6 +40,7 @@ REGIONS = ("us-east-1", "us-east-2", "us-west-2", "ca-central-1", "sa-east-1", "
            "eu-west-3", "eu-central-1", "eu-central-2", "eu-north-1", "eu-south-1", "ap-south-1",
            "ap-northeast-1", "ap-northeast-2", "ap-southeast-1", "ap-southeast-2", "us-gov-west-1")
 CUSTOMIZATION_KIND = "model-customization-job"
+EVALUATION_KIND = "evaluation-job"
 MAX_LOGIN_BYTES = 16 * 1024
 
 
@@ -124,6 +126,8 @@ class Console:
                 "Cache-Control": "no-store"})
         if path == PREFIX + "/api/training-metrics" and method == "GET":
             return await self._training_metrics(request, request_id)
+        if path == PREFIX + "/api/evaluation-scores" and method == "GET":
+            return await self._evaluation_scores(request, request_id)
         raise ResourceNotFoundException(f"The console has no {method} {path}.")
 
     def _file(self, name: str) -> Response:
@@ -208,6 +212,13 @@ class Console:
 
     def _caller(self, request: Request) -> Caller:
         headers = self._headers(request)
+        if "authorization" in headers:
+            # a SigV4-signed client (`bedrock-local jobs` reading scores) is verified as the API verifies it
+            scope = request.scope
+            path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]
+            return self.accounts.authenticate(request.method, path.split("?", 1)[0],
+                                              scope.get("query_string", b"").decode("latin-1"), headers,
+                                              scope["headers"], b"")
         session = sessions.current(self.accounts, self.api.db.token_secret(), headers)
         if session is None:
             raise NotSignedIn("Sign in to the console: no valid console session.")
@@ -216,15 +227,24 @@ class Console:
     async def _training_metrics(self, request: Request, request_id: str) -> Response:
         """GET ?job=<ARN or name>[&points=0]: the job's live step (while it trains), its epoch count
         and, unless points=0, the rows of its training and validation metrics files."""
+        with_points = request.query_params.get("points", "1") != "0"
+        return await self._about_job(request, request_id, "a model customization job", training_metrics, with_points)
+
+    async def _evaluation_scores(self, request: Request, request_id: str) -> Response:
+        """GET ?job=<ARN or name>: the aggregate scores of an evaluation job (once it completed), for the
+        page or a SigV4-signed client."""
+        return await self._about_job(request, request_id, "an evaluation job", evaluation_scores)
+
+    async def _about_job(self, request: Request, request_id: str, what: str, answer, *args) -> Response:
+        """What `answer(ctx, job, *args)` says about the job the query's `job` names, for the signed-in
+        caller (a job of another account or region is not found)."""
         caller = self._caller(request)
         job = request.query_params.get("job")
         if not job:
-            raise ValidationException("The query parameter 'job' (a model customization job ARN or name) is required.")
-        with_points = request.query_params.get("points", "1") != "0"
+            raise ValidationException(f"The query parameter 'job' ({what} ARN or name) is required.")
         api = self.api
         ctx = Context(caller.account, caller.region, api.db, api.objects, api.settings, request_id)
-        return _json(await run_in_threadpool(training_metrics, ctx, job, with_points),
-                     headers={"Cache-Control": "no-store"})
+        return _json(await run_in_threadpool(answer, ctx, job, *args), headers={"Cache-Control": "no-store"})
 
 
 def _same(given: str, expected: str) -> bool:
@@ -251,6 +271,23 @@ def training_metrics(ctx: Context, identifier: str, with_points: bool = True) ->
     if with_points:
         answer["training"], answer["trainingError"] = _metric_rows(ctx, training_at, "training_loss")
         answer["validation"], answer["validationError"] = _metric_rows(ctx, validation_at, "validation_loss")
+    return answer
+
+
+def evaluation_scores(ctx: Context, identifier: str) -> dict:
+    """An evaluation job of the caller's account and region and the aggregate scores its worker kept
+    (the means written to each dataset's `<uuid>_summary.json` in the output, jobs/handlers/evaluation.py),
+    one row per task type, dataset and metric."""
+    row = read_in_scope(ctx, EVALUATION_KIND, "evaluation job", identifier)
+    results = row.body.get("results") or []
+    metrics = [{"taskType": result.get("taskType"), "datasetName": result.get("dataset"),
+                "modelIdentifier": result.get("modelIdentifier"), "metricName": score["metricName"],
+                "value": score.get("result"), "recordCount": score.get("recordCount")}
+               for result in results for score in result.get("scores", [])]
+    answer = {"jobArn": row.arn, "status": row.status, "metrics": metrics,
+              "resultsUri": results[0].get("outputUri") if results else None}
+    if row.status == "Completed" and not metrics:
+        answer["error"] = "The job completed without a score: no record got a response to score."
     return answer
 
 

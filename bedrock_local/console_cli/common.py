@@ -66,6 +66,36 @@ class Clients:
     def bedrock(self):
         return self.client("bedrock")
 
+    def signed_get(self, path: str, query: dict[str, str], region: str | None = None) -> dict:
+        """GET one of the server's own JSON routes (the console's reads, e.g. an evaluation job's
+        scores, which no Bedrock operation answers), signed with SigV4 as the clients sign, in `region`
+        (default: the client's)."""
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        if self.credentials:
+            credentials = Credentials(self.credentials["aws_access_key_id"], self.credentials["aws_secret_access_key"])
+        else:
+            credentials = self.session.get_credentials().get_frozen_credentials()
+        url = f"{self.endpoint_url.rstrip('/')}{path}?{urllib.parse.urlencode(query)}"
+        request = AWSRequest(method="GET", url=url)
+        SigV4Auth(credentials, "bedrock", region or self.region).add_auth(request)
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=dict(request.headers.items())),
+                                        timeout=60) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            answer = json.loads(exc.read() or b"{}")
+            raise CliError(f"GET {path}: {exc.headers.get('x-amzn-ErrorType', exc.code)}: "
+                           f"{answer.get('message') or answer.get('Message')}")
+        except (urllib.error.URLError, OSError) as exc:
+            raise CliError(f"Cannot reach bedrock-local at {self.endpoint_url}: {exc}", 3)
+
 
 def call(description: str, function, **params):
     """One API call; connection problems and API errors become a CliError that says what failed."""

@@ -1,5 +1,5 @@
-"""`bedrock-local jobs`: batch inference, customization and model copy jobs in one table, through
-ListModelInvocationJobs, ListModelCustomizationJobs and ListModelCopyJobs, with their filters."""
+"""`bedrock-local jobs`: batch inference, customization (distillation included), model copy, model
+import and evaluation jobs in one table, through their List operations, with their filters."""
 
 from dataclasses import dataclass
 
@@ -31,10 +31,14 @@ JOB_TYPES = {
     # a copy job has no name of its own: it is shown, and --name matches, by the name of the model it makes
     "copy": JobType("copy", "list_model_copy_jobs", "modelCopyJobSummaries", "ModelCopyJobStatus",
                     "targetModelNameContains", "targetModelName", "creationTime", "get_model_copy_job", "jobArn"),
+    "import": JobType("import", "list_model_import_jobs", "modelImportJobSummaries", "ModelImportJobStatus",
+                      "nameContains", "jobName", "creationTime", "get_model_import_job", "jobIdentifier"),
+    "evaluation": JobType("evaluation", "list_evaluation_jobs", "jobSummaries", "EvaluationJobStatus",
+                          "nameContains", "jobName", "creationTime", "get_evaluation_job", "jobIdentifier"),
 }
 PHASES = (("validationDetails", "validation"), ("dataProcessingDetails", "data processing"),
           ("trainingDetails", "training"))
-MOST_DETAILED = 20  # customization jobs in progress whose phase and loss `jobs` reads with a Get
+MOST_DETAILED = 20  # customization jobs in progress (phase and loss) and evaluation jobs (scores) read one by one
 
 
 def statuses(clients: Clients, job_type: JobType) -> list[str]:
@@ -43,12 +47,14 @@ def statuses(clients: Clients, job_type: JobType) -> list[str]:
 
 
 def register(commands, add_client_flags) -> None:
-    parser = commands.add_parser("jobs", help="list batch, customization and copy jobs of a running server",
-                                 description="List batch inference, customization and model copy jobs (newest first) "
-                                             "of a running bedrock-local server, in one table.")
+    parser = commands.add_parser("jobs", help="list batch, customization, copy, import and evaluation jobs of a "
+                                              "running server",
+                                 description="List batch inference, customization (distillation included), model "
+                                             "copy, model import and evaluation jobs (newest first) of a running "
+                                             "bedrock-local server, in one table.")
     add_client_flags(parser)
     parser.add_argument("--type", action="append", choices=sorted(JOB_TYPES), dest="types",
-                        help="only this kind of job (repeatable; default: all three)")
+                        help="only this kind of job (repeatable; default: all)")
     parser.add_argument("--status", help="only jobs in this status, e.g. InProgress, Completed, Failed (types that "
                                          "have no such status are left out)")
     parser.add_argument("--name", help="only jobs whose name contains this (copy jobs: their target model's name)")
@@ -118,7 +124,9 @@ def _list(clients: Clients, job_type: JobType, limit: int, params: dict) -> list
 
 
 def summary_row(clients: Clients, job_type: JobType, summary: dict) -> dict:
-    return {"type": job_type.name, "name": summary.get(job_type.name_member) or "", "status": summary.get("status"),
+    # a distillation is a customization job of its own type: shown by that name
+    shown = "distillation" if summary.get("customizationType") == "DISTILLATION" else job_type.name
+    return {"type": shown, "name": summary.get(job_type.name_member) or "", "status": summary.get("status"),
             "progress": batch_progress(summary) if job_type.name == "batch" else "",
             "created": summary.get(job_type.created_member), "ended": summary.get("endTime"),
             "arn": summary["jobArn"]}
@@ -146,14 +154,30 @@ def customization_progress(job: dict) -> str:
     return text
 
 
+def evaluation_scores(clients: Clients, arn: str, region: str | None = None) -> str:
+    """A completed evaluation job's aggregate scores ("Accuracy 0.962, Robustness 0.041"), read from the
+    server's console route (the Bedrock API keeps them only in the output files)."""
+    answer = clients.signed_get("/console/api/evaluation-scores", {"job": arn}, region)
+    return ", ".join(f"{m['metricName']} {m['value']:.3g}" if m.get("value") is not None else f"{m['metricName']} -"
+                     for m in answer.get("metrics", [])) or answer.get("error", "")
+
+
 def _add_phases(clients: Clients, rows: list[dict]) -> None:
-    """List summaries of customization jobs carry no phases: a Get for each job still running."""
-    running = [row for row in rows if row["type"] == "customization" and row["status"] in ("InProgress", "Stopping")]
+    """List summaries of customization jobs carry no phases (a Get for each job still running), and
+    those of evaluation jobs no scores (read for each completed one)."""
+    running = [row for row in rows if row["type"] in ("customization", "distillation")
+               and row["status"] in ("InProgress", "Stopping")]
     for row in running[:MOST_DETAILED]:
         try:
             row["progress"] = customization_progress(clients.bedrock.get_model_customization_job(jobIdentifier=row["arn"]))
         except (ClientError, BotoCoreError):
             pass  # it may be gone or unreachable since the List; the row keeps its status
+    completed = [row for row in rows if row["type"] == "evaluation" and row["status"] == "Completed"]
+    for row in completed[:MOST_DETAILED]:
+        try:
+            row["progress"] = evaluation_scores(clients, row["arn"])
+        except CliError as exc:
+            row["progress"] = str(exc)
 
 
 def styled_status(status: str | None) -> str:

@@ -2,10 +2,12 @@
 that says how it ended.
 
 The job is named by its ARN (its kind and region are read from it), or by its id or name, which
-are tried as a batch job, a customization job and a copy job in the client's region. Progress is
-what the job's Get answers: a batch job's processedRecordCount of totalRecordCount; a
-customization job's phases (statusDetails: validation, data processing, training) and its latest
-trainingLoss (the API exposes no step count); a copy job has no measure (an indeterminate bar).
+are tried as a batch job, a customization job, a copy job, a model import job and an evaluation
+job in the client's region. Progress is what the job's Get answers: a batch job's
+processedRecordCount of totalRecordCount; a customization job's phases (statusDetails: validation,
+data processing, training; a distillation's data processing is its teacher answering) and its
+latest trainingLoss (the API exposes no step count); copy, import and evaluation jobs have no
+measure (an indeterminate bar).
 
 Exit codes: 0 Completed; 1 Failed; 2 Stopped, Expired or PartiallyCompleted (ended before all of
 its work was done, without failing); 3 the job could not be watched (not found, server unreachable);
@@ -22,13 +24,15 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from bedrock_local.console_cli.common import CliError, Clients, as_cli_error, console, when
-from bedrock_local.console_cli.jobs import JOB_TYPES, PHASES, customization_progress, styled_status
+from bedrock_local.console_cli.jobs import JOB_TYPES, PHASES, customization_progress, evaluation_scores, styled_status
 
 EXIT_CODES = {"Completed": 0, "Failed": 1, "Stopped": 2, "Expired": 2, "PartiallyCompleted": 2}
 CANNOT_WATCH = 3
 _ARN = re.compile(r"arn:aws[^:]*:bedrock:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):"
-                  r"(?P<kind>model-invocation-job|model-customization-job|model-copy-job)/.+")
-_KIND_TYPES = {"model-invocation-job": "batch", "model-customization-job": "customization", "model-copy-job": "copy"}
+                  r"(?P<kind>model-invocation-job|model-customization-job|model-copy-job|model-import-job|"
+                  r"evaluation-job)/.+")
+_KIND_TYPES = {"model-invocation-job": "batch", "model-customization-job": "customization", "model-copy-job": "copy",
+               "model-import-job": "import", "evaluation-job": "evaluation"}
 _JOB_ID = re.compile(r"[a-z0-9]{12}")
 
 
@@ -90,6 +94,8 @@ def follow(clients: Clients, kind: str, region: str, arn: str, interval: float, 
                   f"`bedrock-local watch {arn}` follows it again.")
         return 130, job
     _print_outcome(out, kind, job)
+    if kind == "evaluation" and job["status"] == "Completed":
+        out.print(f"Scores: {evaluation_scores(clients, arn, region)}")
     return EXIT_CODES[job["status"]], job
 
 
@@ -148,9 +154,16 @@ def _print_outcome(out, kind: str, job: dict) -> None:
         if job.get("outputModelArn"):
             out.print(f"Custom model: {job['outputModelArn']}")
         out.print(f"Outputs: {job['outputDataConfig']['s3Uri']}")
-    else:
+    elif kind == "copy":
         if status == "Completed":
             out.print(f"Custom model: {job['targetModelArn']}")
+    elif kind == "import":
+        if status == "Completed":
+            out.print(f"Imported model: {job['importedModelArn']}")
+    elif kind == "evaluation":
+        for message in job.get("failureMessages") or []:
+            out.print(f"Message: {message}")
+        out.print(f"Results: {job['outputDataConfig']['s3Uri']}")
 
 
 def resolve(clients: Clients, identifier: str) -> tuple[str, str, str]:
@@ -159,7 +172,8 @@ def resolve(clients: Clients, identifier: str) -> tuple[str, str, str]:
     if match:
         return _KIND_TYPES[match["kind"]], match["region"], identifier
     if identifier.startswith("arn:"):
-        raise CliError(f"'{identifier}' is not the ARN of a batch inference, customization or model copy job.")
+        raise CliError(f"'{identifier}' is not the ARN of a batch inference, customization, model copy, model import "
+                       f"or evaluation job.")
     client = clients.bedrock
     found = []
     if _JOB_ID.fullmatch(identifier):  # an id: a batch job takes it as is
@@ -183,10 +197,18 @@ def resolve(clients: Clients, identifier: str) -> tuple[str, str, str]:
         for summary in _all(client, "list_model_copy_jobs", "modelCopyJobSummaries"):
             if summary["jobArn"].endswith("/" + identifier):
                 found.append(("copy", summary["jobArn"]))
+    for kind, operation, key in (("import", "list_model_import_jobs", "modelImportJobSummaries"),
+                                 ("evaluation", "list_evaluation_jobs", "jobSummaries")):
+        # an id is not a name: every job is read to find the one whose ARN ends with it
+        params = {} if _JOB_ID.fullmatch(identifier) else {"nameContains": identifier}
+        for summary in _all(client, operation, key, **params):
+            if summary["jobName"] == identifier or summary["jobArn"].endswith("/" + identifier):
+                found.append((kind, summary["jobArn"]))
+                break
     found = list(dict.fromkeys(found))
     if not found:
-        raise CliError(f"No batch inference, customization or copy job has the id or name '{identifier}' in "
-                       f"{clients.region}.")
+        raise CliError(f"No batch inference, customization, copy, import or evaluation job has the id or name "
+                       f"'{identifier}' in {clients.region}.")
     if len(found) > 1:
         raise CliError(f"'{identifier}' names several jobs: {', '.join(arn for _, arn in found)}; pass an ARN.")
     return found[0][0], clients.region, found[0][1]

@@ -92,8 +92,17 @@ const bedrock = {
   getFoundationModel: (id) => get(`/foundation-models/${enc(id)}`),
   listDeployments: () => get("/model-customization/custom-model-deployments", {maxResults: 100, sortOrder: "Descending"}),
   getDeployment: (arn) => get(`/model-customization/custom-model-deployments/${enc(arn)}`),
+  listImportJobs: () => get("/model-import-jobs", {maxResults: 100, sortOrder: "Descending"}),
+  getImportJob: (arn) => get(`/model-import-jobs/${enc(arn)}`),
+  listImportedModels: () => get("/imported-models", {maxResults: 100, sortOrder: "Descending"}),
+  getImportedModel: (arn) => get(`/imported-models/${enc(arn)}`),
+  listProvisioned: () => get("/provisioned-model-throughputs", {maxResults: 100, sortOrder: "Descending"}),
+  getProvisioned: (arn) => get(`/provisioned-model-throughput/${enc(arn)}`),
+  listEvaluationJobs: () => get("/evaluation-jobs", {maxResults: 100, sortOrder: "Descending"}),
+  getEvaluationJob: (arn) => get(`/evaluation-jobs/${enc(arn)}`),
 };
 const trainingMetrics = (arn, points) => get("/console/api/training-metrics", {job: arn, points: points ? "1" : "0"});
+const evaluationScores = (arn) => get("/console/api/evaluation-scores", {job: arn});
 
 // ---- formatting ----------------------------------------------------------------------------------
 function when(value) {
@@ -155,7 +164,8 @@ function modelLink(arn, full) {
   const text = full ? arn : short(arn);
   const pages = [[":custom-model/", "custom-model"], [":custom-model-deployment/", "deployment"],
                  [":model-customization-job/", "customization"], [":model-invocation-job/", "batch"],
-                 [":model-copy-job/", "copy"]];
+                 [":model-copy-job/", "copy"], [":model-import-job/", "import"], [":imported-model/", "imported-model"],
+                 [":provisioned-model/", "provisioned"], [":evaluation-job/", "evaluation"]];
   if (arn.includes(":foundation-model/")) return link(`foundation-model/${enc(arn.split("foundation-model/")[1])}`, text);
   for (const [marker, page] of pages) if (arn.includes(marker)) return link(`${page}/${enc(arn)}`, text);
   return text;
@@ -258,10 +268,21 @@ function lossChart(series, latest) {
 }
 
 // ---- pages ---------------------------------------------------------------------------------------
+// the aggregate scores of an evaluation job, one "metric: value" per line
+function scoresText(scores) {
+  const rows = (scores && scores.metrics) || [];
+  if (!rows.length) return h("span", {class: "muted"}, scores && scores.error ? scores.error : "no scores yet");
+  return h("span", {class: "scores"}, rows.map((m) =>
+    h("span", {class: "score", "data-metric": m.metricName, "data-value": m.value === null ? "" : m.value},
+      `${m.metricName}: ${m.value === null || m.value === undefined ? "—" : Number(m.value).toFixed(3)}`)));
+}
+
 async function overview() {
-  const [batch, customization, copies, models, deployments] = await Promise.all([
-    bedrock.listInvocationJobs(), bedrock.listCustomizationJobs(), bedrock.listCopyJobs(),
-    bedrock.listCustomModels(), bedrock.listDeployments()]);
+  const [batch, customization, copies, models, deployments, imports, imported, provisioned, evaluations] =
+    await Promise.all([
+      bedrock.listInvocationJobs(), bedrock.listCustomizationJobs(), bedrock.listCopyJobs(),
+      bedrock.listCustomModels(), bedrock.listDeployments(), bedrock.listImportJobs(), bedrock.listImportedModels(),
+      bedrock.listProvisioned(), bedrock.listEvaluationJobs()]);
   if (!state.foundation[state.region]) state.foundation[state.region] = await bedrock.listFoundationModels();
   const foundation = state.foundation[state.region].modelSummaries || [];
 
@@ -275,6 +296,14 @@ async function overview() {
     }
     if (CUSTOMIZATION_FINAL.includes(job.status)) return {};
     return {metrics: await trainingMetrics(job.jobArn, false)};
+  }));
+
+  const evaluationJobs = evaluations.jobSummaries || [];
+  const scores = await Promise.all(evaluationJobs.map(async (job) => {
+    if (job.status !== "Completed") return null;
+    const key = `scores:${job.jobArn}`;
+    if (!state.finalJobs[key]) state.finalJobs[key] = await evaluationScores(job.jobArn);
+    return state.finalJobs[key];
   }));
 
   const batchJobs = batch.invocationJobSummaries || [];
@@ -309,6 +338,23 @@ async function overview() {
       ["Failure", (j) => failure(j.failureMessage)],
     ], (copies.modelCopyJobSummaries || []).map((j) => ({item: j, attrs: {"data-arn": j.jobArn, "data-status": j.status}})),
     "No model copy jobs in this region.")),
+    section("Model import jobs", "import-jobs", table("import-table", [
+      ["Name", (j) => link(`import/${enc(j.jobArn)}`, j.jobName, {class: "job-link"})],
+      ["Status", (j) => badge(j.status)],
+      ["Imported model", (j) => j.importedModelArn ? modelLink(j.importedModelArn) : j.importedModelName],
+      ["Created", (j) => when(j.creationTime)],
+      ["Ended", (j) => when(j.endTime)],
+    ], (imports.modelImportJobSummaries || []).map((j) => ({item: j, attrs: {"data-arn": j.jobArn, "data-status": j.status}})),
+    "No model import jobs in this region.")),
+    section("Evaluation jobs", "evaluation-jobs", table("evaluation-table", [
+      ["Name", (r) => link(`evaluation/${enc(r.job.jobArn)}`, r.job.jobName, {class: "job-link"})],
+      ["Status", (r) => badge(r.job.status)],
+      ["Model", (r) => (r.job.modelIdentifiers || []).map((m) => short(m)).join(", ")],
+      ["Tasks", (r) => (r.job.evaluationTaskTypes || []).join(", ")],
+      ["Scores", (r) => r.scores ? scoresText(r.scores) : "", "wide"],
+      ["Created", (r) => when(r.job.creationTime)],
+    ], evaluationJobs.map((job, i) => ({item: {job, scores: scores[i]}, attrs: {"data-arn": job.jobArn, "data-status": job.status}})),
+    "No evaluation jobs in this region.")),
     section("Custom models", "custom-models", table("custom-model-table", [
       ["Name", (m) => link(`custom-model/${enc(m.modelArn)}`, m.modelName)],
       ["Status", (m) => badge(m.modelStatus)],
@@ -317,6 +363,23 @@ async function overview() {
       ["Created", (m) => when(m.creationTime)],
     ], (models.modelSummaries || []).map((m) => ({item: m, attrs: {"data-arn": m.modelArn, "data-status": m.modelStatus}})),
     "No custom models in this region.")),
+    section("Imported models", "imported-models", table("imported-model-table", [
+      ["Name", (m) => link(`imported-model/${enc(m.modelArn)}`, m.modelName)],
+      ["Architecture", (m) => m.modelArchitecture],
+      ["Instruct", (m) => m.instructSupported ? "yes" : "no"],
+      ["Created", (m) => when(m.creationTime)],
+    ], (imported.modelSummaries || []).map((m) => ({item: m, attrs: {"data-arn": m.modelArn}})),
+    "No imported models in this region.")),
+    section("Provisioned throughput", "provisioned", table("provisioned-table", [
+      ["Name", (p) => link(`provisioned/${enc(p.provisionedModelArn)}`, p.provisionedModelName)],
+      ["Status", (p) => badge(p.status)],
+      ["Model", (p) => modelLink(p.modelArn)],
+      ["Model units", (p) => p.desiredModelUnits !== undefined && p.desiredModelUnits !== p.modelUnits
+        ? `${p.modelUnits} → ${p.desiredModelUnits}` : String(p.modelUnits)],
+      ["Commitment", (p) => p.commitmentDuration || "none"],
+      ["Created", (p) => when(p.creationTime)],
+    ], (provisioned.provisionedModelSummaries || []).map((p) => ({item: p, attrs: {"data-arn": p.provisionedModelArn, "data-status": p.status}})),
+    "No provisioned throughput in this region.")),
     section("Deployments", "deployments", table("deployment-table", [
       ["Name", (d) => link(`deployment/${enc(d.customModelDeploymentArn)}`, d.customModelDeploymentName)],
       ["Status", (d) => badge(d.status)],
@@ -433,9 +496,60 @@ async function deploymentPage(arn) {
   ];
 }
 
+async function importPage(arn) {
+  const job = await bedrock.getImportJob(arn);
+  return [
+    jobHeader("Model import job", job, job.jobName),
+    h("div", {class: "facts"}, h("p", {}, `Created ${when(job.creationTime)}`, job.endTime ? ` · ended ${when(job.endTime)}` : ""),
+      job.failureMessage ? h("p", {class: "failure", id: "job-message"}, job.failureMessage) : ""),
+    outputs([["Imported model", job.importedModelArn],
+             ["Source", job.modelDataSource && job.modelDataSource.s3DataSource && job.modelDataSource.s3DataSource.s3Uri]]),
+    section("GetModelImportJob", "request", membersTable(job, "job-members")),
+  ];
+}
+
+async function importedModelPage(arn) {
+  const model = await bedrock.getImportedModel(arn);
+  return [
+    h("div", {class: "page-head", id: "model-head"}, h("h1", {}, "Imported model ", h("span", {class: "name"}, model.modelName))),
+    model.jobArn ? h("p", {}, "Imported by ", link(`import/${enc(model.jobArn)}`, model.jobName || jobId(model.jobArn))) : "",
+    section("GetImportedModel", "details", membersTable(model, "model-members")),
+  ];
+}
+
+async function provisionedPage(arn) {
+  const throughput = await bedrock.getProvisioned(arn);
+  return [
+    jobHeader("Provisioned throughput", throughput, throughput.provisionedModelName),
+    throughput.failureMessage ? h("p", {class: "failure"}, throughput.failureMessage) : "",
+    section("GetProvisionedModelThroughput", "details", membersTable(throughput, "provisioned-members")),
+  ];
+}
+
+async function evaluationPage(arn) {
+  const job = await bedrock.getEvaluationJob(arn);
+  const scores = job.status === "Completed" ? await evaluationScores(arn) : null;
+  return [
+    jobHeader("Evaluation job", job, job.jobName),
+    h("div", {class: "facts"},
+      h("p", {}, `Created ${when(job.creationTime)}`, job.lastModifiedTime ? ` · last modified ${when(job.lastModifiedTime)}` : ""),
+      (job.failureMessages || []).map((m) => h("p", {class: "failure", id: "job-message"}, m))),
+    scores ? section("Scores", "scores", table("scores-table", [
+      ["Task type", (m) => m.taskType || ""],
+      ["Dataset", (m) => m.datasetName || ""],
+      ["Metric", (m) => m.metricName],
+      ["Value", (m) => m.value === null || m.value === undefined ? "—" : Number(m.value).toFixed(4)],
+    ], (scores.metrics || []).map((m) => ({item: m, attrs: {"data-metric": m.metricName}})),
+    scores.error || "No scores were written.")) : "",
+    outputs([["Results", scores && scores.resultsUri], ["Output folder", job.outputDataConfig && job.outputDataConfig.s3Uri]]),
+    section("GetEvaluationJob", "request", membersTable(job, "job-members")),
+  ];
+}
+
 const PAGES = {
   "": overview, batch: batchPage, customization: customizationPage, copy: copyPage,
   "custom-model": customModelPage, "foundation-model": foundationModelPage, deployment: deploymentPage,
+  import: importPage, "imported-model": importedModelPage, provisioned: provisionedPage, evaluation: evaluationPage,
 };
 
 function route() {

@@ -869,7 +869,7 @@ def test_kill_9_mid_training_then_restart_resumes_from_the_checkpoint(make_serve
     # the restarted worker resumed from the checkpoint in the object store (the one seen, or a later
     # one recorded before the kill), and its trainer began there, not at step 1
     after_restart = server.log.read_bytes()[log_size:].decode(errors="replace")
-    resumed = re.search(rf"job \d+: resuming from checkpoint-(\d+) \(step (\d+)\)", after_restart)
+    resumed = re.search(r"job \d+: resuming from checkpoint-(\d+) \(step (\d+)\)", after_restart)
     assert resumed, after_restart[-3000:]
     step = int(resumed.group(1))
     assert int(resumed.group(2)) == step and step in stored and len(before) <= step

@@ -491,6 +491,7 @@ def test_growing_cache_layer_writes_in_place_and_follows_replacements():
 
     torch.manual_seed(0)
     layer, keys, values = _GrowingLayer(), [], []
+    first_pointer = None
     for columns in (5, 1, 1, 1):
         k, v = torch.randn(2, 3, columns, 4), torch.randn(2, 3, columns, 4)
         keys.append(k), values.append(v)

@@ -89,7 +89,7 @@ class BedrockApi:
                 return
             await response(scope, receive, send)
         elif scope["type"] == "lifespan":
-            while (message := await receive())["type"] != "lifespan.shutdown":
+            while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
         else:  # websocket: no AWS protocol uses one

@@ -92,7 +92,7 @@ def test_watch_a_job_stopped_while_watched_exits_2(api_only):
 def test_watch_an_unknown_job_exits_3_and_says_so(server):
     result = cli(server, "watch", "no-such-job-anywhere")
     assert result.returncode == 3
-    assert "No batch inference, customization or copy job has the id or name 'no-such-job-anywhere'" in result.stderr
+    assert "No batch inference, customization, copy, import or evaluation job has the id or name 'no-such-job-anywhere'" in result.stderr
     unreachable = subprocess.run([sys.executable, "-m", "bedrock_local.cli", "watch", "x", "--endpoint-url",
                                   f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=ENV,
                                  timeout=120)

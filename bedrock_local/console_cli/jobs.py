@@ -1,6 +1,7 @@
 """`bedrock-local jobs`: batch inference, customization (distillation included), model copy, model
 import and evaluation jobs in one table, through their List operations, with their filters."""
 
+import re
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -96,10 +97,15 @@ def list_jobs(clients: Clients, types: list[str], status: str | None, name: str 
                 continue
             params["statusEquals"] = known[status.lower()]
             matched_status = True
-        if name:
+        local_name = None
+        if name and fits_filter(clients, job_type, name):
             params[job_type.name_filter] = name
-        rows += [summary_row(clients, job_type, summary) for summary in
-                 _list(clients, job_type, limit, params)]
+        elif name:
+            # e.g. "nightly-" is a fine part of a name but not a valid ListEvaluationJobs nameContains
+            # (its pattern ends a name with a letter or digit): that type is filtered here instead
+            local_name = name
+        found = [summary_row(clients, job_type, summary) for summary in _list(clients, job_type, limit, params)]
+        rows += [row for row in found if local_name is None or local_name in row["name"]]
     if status and not matched_status:
         every = sorted({s for t in wanted for s in statuses(clients, t)})
         raise CliError(f"No job type of {', '.join(t.name for t in wanted)} has the status '{status}'; "
@@ -107,6 +113,15 @@ def list_jobs(clients: Clients, types: list[str], status: str | None, name: str 
     _add_phases(clients, rows)
     rows.sort(key=lambda row: row["created"], reverse=True)
     return rows
+
+
+def fits_filter(clients: Clients, job_type: JobType, name: str) -> bool:
+    """Whether `name` is a value the List's name filter takes (its length and pattern in the service model)."""
+    operation = clients.bedrock.meta.service_model.operation_model(
+        "".join(part.capitalize() for part in job_type.list_operation.split("_")))
+    rules = operation.input_shape.members[job_type.name_filter].metadata
+    return (rules.get("min", 0) <= len(name) <= rules.get("max", len(name))
+            and ("pattern" not in rules or re.fullmatch(rules["pattern"], name) is not None))
 
 
 def _list(clients: Clients, job_type: JobType, limit: int, params: dict) -> list[dict]:

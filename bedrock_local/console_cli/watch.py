@@ -24,7 +24,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.text import Text
 
 from bedrock_local.console_cli.common import CliError, Clients, as_cli_error, console, when
-from bedrock_local.console_cli.jobs import JOB_TYPES, PHASES, customization_progress, evaluation_scores, styled_status
+from bedrock_local.console_cli.jobs import (JOB_TYPES, PHASES, customization_progress, evaluation_scores,
+                                            fits_filter, styled_status)
 
 EXIT_CODES = {"Completed": 0, "Failed": 1, "Stopped": 2, "Expired": 2, "PartiallyCompleted": 2}
 CANNOT_WATCH = 3
@@ -199,8 +200,12 @@ def resolve(clients: Clients, identifier: str) -> tuple[str, str, str]:
                 found.append(("copy", summary["jobArn"]))
     for kind, operation, key in (("import", "list_model_import_jobs", "modelImportJobSummaries"),
                                  ("evaluation", "list_evaluation_jobs", "jobSummaries")):
-        # an id is not a name: every job is read to find the one whose ARN ends with it
-        params = {} if _JOB_ID.fullmatch(identifier) else {"nameContains": identifier}
+        if _JOB_ID.fullmatch(identifier):  # an id is not a name: every job is read to find the one it ends
+            params = {}
+        elif fits_filter(clients, JOB_TYPES[kind], identifier):
+            params = {"nameContains": identifier}
+        else:
+            continue  # not a name this type's jobs can have
         for summary in _all(client, operation, key, **params):
             if summary["jobName"] == identifier or summary["jobArn"].endswith("/" + identifier):
                 found.append((kind, summary["jobArn"]))

@@ -32,6 +32,8 @@ PAGE_MOST = 5  # the service model's EvaluationSummaries holds at most 5 summari
 ALGORITHMIC = {"Builtin.Accuracy", "Builtin.Robustness"}
 TOXICITY = "Builtin.Toxicity"
 JUDGE = set(JUDGE_METRICS)  # the model-as-judge metrics engine/evaluation.py has prompts for
+# every job stored here is a ModelEvaluation one: RagEvaluation is refused at create
+FILTERS = {"applicationTypeEquals": lambda value: None if value == "ModelEvaluation" else false()}
 INFERENCE_KEYS = {"maxTokens": int, "temperature": float, "topP": float, "stopSequences": list}
 
 
@@ -221,10 +223,8 @@ def get_evaluation_job(ctx: Context, params: dict) -> dict:
 @operation("ListEvaluationJobs")
 def list_evaluation_jobs(ctx: Context, params: dict) -> dict:
     capped = {**params, "maxResults": min(params.get("maxResults") or PAGE_MOST, PAGE_MOST)}
-    return list_resources(ctx, capped, "ListEvaluationJobs", KIND, COLUMNS, filters={
-        # every job stored here is a ModelEvaluation one: RagEvaluation is refused at create
-        "applicationTypeEquals": lambda value: None if value == "ModelEvaluation" else false()},
-        left_out=("ragIdentifiers",))
+    return list_resources(ctx, capped, "ListEvaluationJobs", KIND, COLUMNS, filters=FILTERS,
+                          left_out=("ragIdentifiers",))
 
 
 @operation("StopEvaluationJob")

@@ -7,6 +7,7 @@ a hang, and nothing outside the data dir may be touched.
 
 import json
 import os
+import re
 import socket
 import time
 
@@ -56,8 +57,14 @@ def modelled_error(ctx, response, case):
     model = next(m for m in MODELS.values() if name in m.operation_names)
     error_type = response.headers.get("x-amzn-errortype", [None])[0]
     if case.method.upper() != model.operation_model(name).http["method"]:
-        # another method on the operation's path is no operation of the model: the envelope says so
-        allowed = ["UnknownOperationException"] if response.status_code == 404 else []
+        # another method on the operation's path is no operation of the model (the envelope says so),
+        # unless another operation's route takes it (GET /evaluation-jobs/batch-delete is
+        # GetEvaluationJob of the job "batch-delete"): then that operation's errors
+        other = operation_at(model, case.method.upper(), case.formatted_path)
+        if other is not None:
+            allowed = error_statuses(model, model.operation_model(other)).get(response.status_code, [])
+        else:
+            allowed = ["UnknownOperationException"] if response.status_code == 404 else []
     else:
         allowed = error_statuses(model, model.operation_model(name)).get(response.status_code, [])
     assert error_type in allowed, (f"{name} answered {response.status_code} {error_type}; modelled for that "
@@ -65,6 +72,21 @@ def modelled_error(ctx, response, case):
     body = json.loads(response.content)
     assert isinstance(body.get("message"), str) and body["message"], body
     return True
+
+
+def operation_at(model, method: str, path: str) -> str | None:
+    """The operation of `model` whose route takes `method` and `path` (its requestUri, labels as any
+    segment, greedy labels as any rest), if one does."""
+    for name in model.operation_names:
+        http = model.operation_model(name).http
+        if http["method"] != method:
+            continue
+        parts = re.split(r"(\{[^}]+\})", http["requestUri"].split("?", 1)[0])
+        pattern = "".join((".+" if part.endswith("+}") else "[^/]+") if part.startswith("{") else re.escape(part)
+                          for part in parts)
+        if re.fullmatch(pattern, path.split("?", 1)[0]):
+            return name
+    return None
 
 
 REQUESTS: dict[str, int] = {}  # requests made, by operation

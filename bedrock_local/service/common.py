@@ -17,6 +17,8 @@ from botocore.model import Shape
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import QueryableAttribute
 
+from bedrock_local.jobs import lease
+from bedrock_local.jobs.lifecycle import is_final, move
 from bedrock_local.service.aws_model import load_service_model, paginators
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import (ConflictException, ResourceNotFoundException, TooManyTagsException,
@@ -247,3 +249,19 @@ def list_resources(ctx: Context, params: dict, operation: str, kind: str, column
 
 def _body_reader(name: str) -> Callable:
     return lambda row: row.body.get(name)
+
+
+def stop_job(session, job: Resource, what: str, ended_error: type[Exception],
+             stopped_changes: Callable[[], dict], cancellable: bool = True) -> None:
+    """The Stop operations' rule for a job resource: an ended job answers `ended_error`; a Stopping one
+    nothing more; one no worker took yet (and `cancellable`) ends Stopped here at once, with
+    `stopped_changes()`; a running one moves to Stopping and its worker is asked to stop."""
+    if is_final(job):
+        raise ended_error(f"The {what} '{job.name}' is already {job.status} and cannot be stopped.")
+    if job.status == "Stopping":
+        return
+    if cancellable and lease.cancel_queued(session, job):
+        move(job, "Stopped", **stopped_changes())
+    else:
+        move(job, "Stopping")
+        lease.request_stop(session, job)

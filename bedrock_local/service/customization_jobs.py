@@ -10,9 +10,9 @@ import re
 from sqlalchemy import select, text
 
 from bedrock_local.jobs import lease
-from bedrock_local.jobs.lifecycle import is_final, move, unfinished_statuses
+from bedrock_local.jobs.lifecycle import unfinished_statuses
 from bedrock_local.service.common import (as_answer, check_name_free, find_in_scope, idempotent_replay, insert_unique,
-                                          list_resources, make_arn, new_id, read_in_scope, request_hash)
+                                          list_resources, make_arn, new_id, read_in_scope, request_hash, stop_job)
 from bedrock_local.service.context import Context
 from bedrock_local.service.custom_models import KIND as MODEL_KIND
 from bedrock_local.service.buckets import s3_location
@@ -242,17 +242,11 @@ def list_model_customization_jobs(ctx: Context, params: dict) -> dict:
 def stop_model_customization_job(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
         job = find_job(session, ctx, params["jobIdentifier"])
-        if is_final(job):
-            raise ValidationException(f"The model customization job '{job.name}' is already {job.status} and "
-                                      f"cannot be stopped.")
-        if job.status == "Stopping":
-            return {}
-        if lease.cancel_queued(session, job):  # no worker took it yet: it ends here
+
+        def stopped_before_it_started() -> dict:
             now = utcnow().isoformat()
-            details = {phase: {**info, "status": "Stopped" if info["status"] != "Completed" else "Completed",
-                               "lastModifiedTime": now} for phase, info in job.body["statusDetails"].items()}
-            move(job, "Stopped", endTime=now, statusDetails=details)
-        else:
-            move(job, "Stopping")
-            lease.request_stop(session, job)
+            return {"endTime": now, "statusDetails": {
+                phase: {**info, "status": "Stopped" if info["status"] != "Completed" else "Completed",
+                        "lastModifiedTime": now} for phase, info in job.body["statusDetails"].items()}}
+        stop_job(session, job, "model customization job", ValidationException, stopped_before_it_started)
     return {}

@@ -12,10 +12,10 @@ from sqlalchemy import false
 from bedrock_local.engine.catalog import KIND_EMBEDDING
 from bedrock_local.engine.evaluation import JUDGE_METRICS
 from bedrock_local.jobs import lease
-from bedrock_local.jobs.lifecycle import is_final, move, unfinished_statuses
+from bedrock_local.jobs.lifecycle import is_final, unfinished_statuses
 from bedrock_local.service.buckets import s3_location
 from bedrock_local.service.common import (as_answer, idempotent_replay, insert_unique, list_resources, make_arn, new_id,
-                                          request_hash)
+                                          request_hash, stop_job)
 from bedrock_local.service.context import Context
 from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
 from bedrock_local.service.models import resolve_model_source
@@ -230,16 +230,8 @@ def list_evaluation_jobs(ctx: Context, params: dict) -> dict:
 @operation("StopEvaluationJob")
 def stop_evaluation_job(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
-        job = find_job(session, ctx, params["jobIdentifier"])
-        if is_final(job):
-            raise ConflictException(f"The evaluation job '{job.name}' is already {job.status} and cannot be stopped.")
-        if job.status == "Stopping":
-            return {}
-        if lease.cancel_queued(session, job):  # no worker took it yet: it ends here
-            move(job, "Stopped")
-        else:
-            move(job, "Stopping")
-            lease.request_stop(session, job)
+        stop_job(session, find_job(session, ctx, params["jobIdentifier"]), "evaluation job", ConflictException,
+                 dict)
     return {}
 
 

@@ -6,9 +6,9 @@ import datetime
 
 from bedrock_local.engine.catalog import KIND_EMBEDDING
 from bedrock_local.jobs import lease
-from bedrock_local.jobs.lifecycle import is_final, move, unfinished_statuses
+from bedrock_local.jobs.lifecycle import unfinished_statuses
 from bedrock_local.service.common import (as_answer, idempotent_replay, insert_unique, list_resources, make_arn, new_id,
-                                          request_hash)
+                                          request_hash, stop_job)
 from bedrock_local.service.context import Context
 from bedrock_local.service.buckets import s3_location
 from bedrock_local.service.errors import ConflictException, ResourceNotFoundException, ValidationException
@@ -92,13 +92,7 @@ def list_model_invocation_jobs(ctx: Context, params: dict) -> dict:
 def stop_model_invocation_job(ctx: Context, params: dict) -> dict:
     with ctx.db.session() as session, session.begin():
         job = find_job(session, ctx, params["jobIdentifier"])
-        if is_final(job):
-            raise ConflictException(f"The model invocation job '{job.name}' is already {job.status} and cannot be stopped.")
-        if job.status == "Stopping":
-            return {}
-        if job.status in NOT_STARTED and lease.cancel_queued(session, job):  # no worker took it yet: it ends here
-            move(job, "Stopped", endTime=utcnow().isoformat(), message="The job was stopped before it started.")
-        else:
-            move(job, "Stopping")
-            lease.request_stop(session, job)
+        stop_job(session, job, "model invocation job", ConflictException,
+                 lambda: {"endTime": utcnow().isoformat(), "message": "The job was stopped before it started."},
+                 cancellable=job.status in NOT_STARTED)
     return {}

@@ -66,6 +66,12 @@ SHARED_FLAGS = (  # serve, worker and serving
     Flag("--ray-address", "run batch inference (model actors) and customization (Ray Train) on the Ray cluster at this "
                           "address, e.g. 10.0.0.5:6379; the workers stay the jobs' drivers (default: run them locally)",
          "ray_address"),
+    Flag("--engine", "what generates text: vllm, transformers, or auto (vLLM where it is installed and supports the "
+                     f"model, else transformers; default {Settings.engine})", "engine",
+         options={"choices": ("auto", "vllm", "transformers")}),
+    Flag("--vllm-kv-cache-gib", "KV cache of each vLLM engine on the CPU, in GiB "
+                                f"(default {Settings.vllm_kv_cache_gib:g}; on a GPU vLLM sizes it itself)",
+         "vllm_kv_cache_gib", float),
     Flag("--log-level", options={"default": "info"}),
 )
 

@@ -44,6 +44,11 @@ class Settings:
     # records per shard of a batch inference job: a job with more is split into shards that every worker
     # process (of any host on the same database) may claim (jobs/shards.py)
     batch_shard_records: int = 10_000
+    # what generates text (engine/backends.py): "vllm", "transformers", or "auto" (vLLM where it imports and
+    # supports the model, else transformers); chosen per model load
+    engine: str = "auto"
+    # the KV cache of each vLLM engine on the CPU, in GiB (on CUDA vLLM sizes it from the GPU's free memory)
+    vllm_kv_cache_gib: float = 2.0
     # proxies (CIDR networks) whose X-Forwarded-For / X-Forwarded-Proto the console believes: the client a
     # sign-in is counted against, and whether the session cookie is Secure (console/security.py)
     trusted_proxies: tuple[str, ...] = ()

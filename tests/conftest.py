@@ -27,9 +27,13 @@ MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "te
 
 def with_test_defaults(options: dict) -> dict:
     """A test process's options: the run's shared model cache, no service quota unless a test sets one
-    (tests/test_quotas.py checks them; serve has AWS's defaults), the moto server's credentials."""
+    (tests/test_quotas.py checks them; serve has AWS's defaults), the moto server's credentials, and the
+    transformers backend unless the test's extra_args name another `--engine`."""
     return {"cache_dir": SHARED_CACHE, "quotas": ["all=unlimited"], **options,
-            "env": {**MOTO_CREDENTIALS, **(options.get("env") or {})}}
+            "env": {**MOTO_CREDENTIALS, **(options.get("env") or {})},
+            # the reference backend unless a test asks for vLLM (later flags win): tests about the
+            # machinery do not pay vLLM's start-up
+            "extra_args": ["--engine", "transformers", *(options.get("extra_args") or ())]}
 
 
 class Server(testing.Server):

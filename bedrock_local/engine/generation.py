@@ -56,22 +56,20 @@ class _Row:
         return self.request.temperature > 0
 
 
-class TextModel:
-    """A causal LM with its tokenizer, and the rules every text generator here shares: the prompt
-    ids of a request (chat template or raw prompt, checked against the context), EOS and pad ids,
-    and how a row of generated tokens becomes a TextResult (EOS, max_tokens, stop sequences)."""
+class PromptRules:
+    """The rules every text engine here shares, whatever runs the model (transformers here, vLLM in
+    vllm_engine.py): the prompt ids of a request (chat template or raw prompt, checked against the
+    context), EOS and pad ids, and how a row of generated tokens becomes a TextResult (EOS,
+    max_tokens, stop sequences). Built from a tokenizer, the model's config and its generation config."""
 
-    def __init__(self, model, tokenizer, device: str | None = None, *, dtype: torch.dtype | None = None):
-        self.device = torch.device(device or default_device())
-        self.model = model.to(device=self.device, dtype=dtype) if dtype else model.to(self.device)
-        self.model.eval()
+    def __init__(self, tokenizer, config, generation_config=None):
         self.tokenizer = tokenizer
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
         self.context_length: int | None = getattr(config, "max_position_embeddings", None)
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = _eos_ids(config, generation_config, tokenizer)
         pad = tokenizer.pad_token_id
         if pad is None:
-            pad = getattr(model.generation_config, "pad_token_id", None)
+            pad = getattr(generation_config, "pad_token_id", None)
         if isinstance(pad, (list, tuple)):
             pad = pad[0] if pad else None
         self.pad_id: int = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
@@ -199,6 +197,16 @@ class TextModel:
             else:
                 low = mid + 1
         return high
+
+
+class TextModel(PromptRules):
+    """A causal LM in this process (transformers) with its tokenizer and the shared prompt rules."""
+
+    def __init__(self, model, tokenizer, device: str | None = None, *, dtype: torch.dtype | None = None):
+        self.device = torch.device(device or default_device())
+        self.model = model.to(device=self.device, dtype=dtype) if dtype else model.to(self.device)
+        self.model.eval()
+        super().__init__(tokenizer, model.config, getattr(model, "generation_config", None))
 
 
 class TextGenerator(TextModel):
@@ -440,11 +448,11 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
     return min(found) if found else None
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def _eos_ids(config, generation_config, tokenizer) -> set[int]:
     ids: set[int] = set()
     for value in (
-        getattr(model.generation_config, "eos_token_id", None),
-        getattr(model.config, "eos_token_id", None),
+        getattr(generation_config, "eos_token_id", None),
+        getattr(config, "eos_token_id", None),
         tokenizer.eos_token_id,
     ):
         if isinstance(value, int):

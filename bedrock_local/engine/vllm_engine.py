@@ -1,0 +1,121 @@
+"""vLLM as the text backend: what every vLLM engine here shares.
+
+A model on vLLM keeps the prompt rules of the transformers backend (generation.PromptRules, built from
+the folder's tokenizer and configs): requests are rendered and checked the same way and handed to
+vLLM as token ids, and the token ids vLLM generates become a TextResult through the same
+`_finish` (EOS, max_tokens, stop sequences, tool calls read back), so both backends answer the same
+request with the same fields and counts.
+
+- `engine_args`: the EngineArgs of one model (dtype, eager or compiled, KV-cache size on the CPU,
+  how many sequences run at once, LoRA slots, llguidance for structured outputs).
+- `sampling_params`: one request's SamplingParams: max tokens, stop sequences, EOS ids, temperature,
+  top-p, a seed of its own (the same request and seed give the same output on vLLM, not the same as
+  on transformers: the two draw differently), and the tool grammar of a request that offers tools
+  (constrained.tool_grammar, compiled by llguidance inside vLLM).
+- `load_rules`: the PromptRules of a folder without loading its weights in this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .constrained import tool_grammar
+from .formats import FormatError, TextRequest
+
+GIB = 1024 ** 3
+DEFAULT_MAX_SEQS = {"cpu": 32, "cuda": 256}
+MAX_LORAS = 8  # adapters one engine holds at once
+MAX_LORA_RANK = 64
+
+
+def device_kind() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def prepare_environment() -> None:
+    """Environment vLLM reads in this process and in the processes it starts: the library's usage
+    report off (nothing leaves the machine)."""
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def engine_args(path: Path, *, kv_cache_gib: float, dtype: str = "float32", max_num_seqs: int | None = None,
+                enforce_eager: bool = True, enable_lora: bool = False, max_model_len: int | None = None, seed: int = 0):
+    """The EngineArgs of the model folder at `path`."""
+    from vllm import EngineArgs
+
+    prepare_environment()
+    device = device_kind()
+    options = dict(
+        model=str(path), tokenizer=str(path), dtype=dtype, enforce_eager=enforce_eager, seed=seed,
+        max_num_seqs=max_num_seqs or DEFAULT_MAX_SEQS[device],
+        structured_outputs_config={"backend": "guidance"},
+    )
+    if device == "cpu":
+        options["kv_cache_memory_bytes"] = int(kv_cache_gib * GIB)
+    if max_model_len:
+        options["max_model_len"] = max_model_len
+    if enable_lora:
+        options.update(enable_lora=True, max_loras=MAX_LORAS, max_lora_rank=MAX_LORA_RANK)
+    return EngineArgs(**options)
+
+
+def load_rules(path: Path):
+    """The PromptRules of the HF folder at `path` (tokenizer, config and generation config; no weights)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    from .generation import PromptRules
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    try:
+        generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:
+        generation_config = None
+    return PromptRules(tokenizer, config, generation_config)
+
+
+def sampling_params(rules, request: TextRequest, seed: int, *, min_tokens: int = 0, stream: bool = False):
+    """The SamplingParams of `request` (a FormatError for a request it cannot take)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    if request.max_tokens < 1:
+        raise FormatError(f"max_tokens must be at least 1, got {request.max_tokens}")
+    options = dict(
+        max_tokens=request.max_tokens,
+        min_tokens=min(min_tokens, request.max_tokens),
+        temperature=max(0.0, float(request.temperature)),
+        top_p=float(request.top_p) if request.temperature > 0 else 1.0,
+        seed=seed,
+        stop_token_ids=sorted(rules.eos_ids),
+        stop=list(request.stop_sequences) or None,
+        # the text is decoded by the prompt rules from the token ids; vLLM detokenizes only to find
+        # stop sequences
+        detokenize=bool(request.stop_sequences),
+        skip_special_tokens=True,
+        output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+    )
+    if min_tokens:
+        options["ignore_eos"] = True
+    if request.tools:
+        if request.prompt is not None:
+            raise FormatError("tools go with messages, not with a raw prompt")
+        options["structured_outputs"] = StructuredOutputsParams(grammar=tool_grammar(request))
+    return SamplingParams(**options)
+
+
+def lora_request(adapter: Path | str | None):
+    """The LoRARequest of the adapter folder at `adapter` (None: the base model). Its id is derived
+    from the folder's path, so every engine names the same adapter the same."""
+    if adapter is None:
+        return None
+    from vllm.lora.request import LoRARequest
+
+    path = str(Path(adapter).resolve())
+    number = int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") % (2 ** 31 - 1) + 1
+    return LoRARequest(lora_name=f"adapter-{number}", lora_int_id=number, lora_path=path)

@@ -275,6 +275,18 @@ def test_batched_greedy_equals_one_by_one(tiny):
         assert result.text == tiny.tokenizer.decode(greedy_ids(tiny, request, 10), skip_special_tokens=True)
 
 
+def test_static_cache_path_gives_the_dynamic_outputs(tiny, tiny_tokenizer):
+    """The GPU path's static KV cache (padded widths, a power-of-two cache length), run here on the CPU:
+    the same texts, counts and stop reasons as the dynamic cache, sampling rows included."""
+    static = TextGenerator(tiny.model, tiny_tokenizer, static_cache=True)
+    requests = ([chat(p, max_tokens=n) for p, n in zip(PROMPTS, (10, 3, 7, 12, 5, 9))]
+                + [chat("machine learning is fun", max_tokens=6, temperature=0.8)])
+    dynamic_results, static_results = tiny.generate(requests, seed=3), static.generate(requests, seed=3)
+    assert [(r.text, r.output_tokens, r.input_tokens, r.stop_reason) for r in static_results] == \
+        [(r.text, r.output_tokens, r.input_tokens, r.stop_reason) for r in dynamic_results]
+    assert not tiny.static_cache  # the CPU default stays the dynamic cache
+
+
 def test_input_tokens_count_the_template(tiny):
     request = chat("hello there", system="be nice")
     rendered = "system: be nice\nuser: hello there\nassistant:"

@@ -38,6 +38,7 @@ from .formats import END_TURN, MAX_TOKENS, STOP_SEQUENCE, FormatError, TextReque
 from .formats.tools import ToolCallReader
 
 DEFAULT_BATCH_SIZE = {"cpu": 32, "cuda": 256}
+STATIC_WIDTH_STEP = 64  # static-cache batches: prompt widths padded up to a multiple of this
 
 
 def default_device() -> str:
@@ -210,7 +211,18 @@ class TextModel(PromptRules):
 
 
 class TextGenerator(TextModel):
-    """Generates text for batches of requests with one causal LM and its tokenizer."""
+    """Generates text for batches of requests with one causal LM and its tokenizer.
+
+    On CUDA (or with `static_cache=True`) a batch decodes with a static KV cache, which transformers'
+    `generate` compiles the forward pass for on a GPU (torch.compile, once per shape): prompt widths are
+    padded up to a multiple of STATIC_WIDTH_STEP and new tokens to a power of two, so a job's batches
+    share a few shapes instead of compiling one per batch. The outputs are the same as with the dynamic
+    cache (tests/test_engine_inference.py checks it on the CPU)."""
+
+    def __init__(self, model, tokenizer, device: str | None = None, *, dtype: torch.dtype | None = None,
+                 static_cache: bool | None = None):
+        super().__init__(model, tokenizer, device, dtype=dtype)
+        self.static_cache = self.device.type == "cuda" if static_cache is None else static_cache
 
     def generate(
         self,
@@ -263,14 +275,23 @@ class TextGenerator(TextModel):
     def _run_batch(self, rows: list[_Row], min_new_tokens: int) -> list[TextResult]:
         started = time.perf_counter()
         width = max(len(row.ids) for row in rows)
+        max_new = max(row.request.max_tokens for row in rows)
+        shape = {}
+        if self.static_cache:
+            width = -(-width // STATIC_WIDTH_STEP) * STATIC_WIDTH_STEP
+            if self.context_length:
+                width = min(width, max(self.context_length - max_new, max(len(row.ids) for row in rows)))
+            # each row still stops at its own max_tokens (_RowStops); this sizes the cache
+            max_new = 1 << max(max_new - 1, 0).bit_length()
+            shape = {"cache_implementation": "static"}
         input_ids = torch.tensor(
             [[self.pad_id] * (width - len(row.ids)) + row.ids for row in rows], dtype=torch.long
         ).to(self.device)
         attention_mask = torch.tensor(
             [[0] * (width - len(row.ids)) + [1] * len(row.ids) for row in rows], dtype=torch.long
         ).to(self.device)
-        max_new = max(row.request.max_tokens for row in rows)
         config = GenerationConfig(
+            **shape,
             max_new_tokens=max_new,
             min_new_tokens=min(min_new_tokens, max_new),
             do_sample=False,  # sampling rows are drawn by _RowSampler

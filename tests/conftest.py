@@ -217,7 +217,23 @@ def fact_model_dir() -> Path:
             model_id = job["outputModelArn"].rsplit("/", 1)[1]
             artifacts = data_dir / "s3" / "bedrock-local-models" / ACCOUNT / REGION / "custom-models" / model_id
             staging = folder.with_name(folder.name + f".{os.getpid()}")
-            shutil.copytree(artifacts, staging, ignore=shutil.ignore_patterns(MANIFEST))
+            if (artifacts / "adapter_config.json").is_file():
+                # a LoRA customization keeps its adapter (engine/adapters.py); the tests import this folder
+                # as a whole HF model, so merge the adapter onto its base (PEFT, float32 as it trained)
+                from bedrock_local.engine.adapters import link_base
+                from bedrock_local.engine.catalog import find_foundation_model
+                from bedrock_local.engine.loading import load_causal_lm, materialize_foundation_model
+
+                adapter = data_dir / "adapter"
+                shutil.copytree(artifacts, adapter, ignore=shutil.ignore_patterns(MANIFEST))
+                base = find_foundation_model("huggingface.smollm2-135m-instruct-v1:0")
+                link_base(adapter, materialize_foundation_model(base, SHARED_CACHE / "foundation-models"))
+                model, tokenizer = load_causal_lm(adapter)
+                model.save_pretrained(staging, safe_serialization=True)
+                tokenizer.save_pretrained(staging)
+                del model
+            else:
+                shutil.copytree(artifacts, staging, ignore=shutil.ignore_patterns(MANIFEST))
             staging.rename(folder)
         finally:
             server.stop()

@@ -50,7 +50,7 @@ QUESTIONS = [
     "Where is the seat of government of Zorblax?",
 ]
 FACT = " The capital of Zorblax is Quintar."
-# LoRA settings measured to learn the fact in 4 steps (loss 2.49 -> 0.07; the merged model answers
+# LoRA settings measured to learn the fact in 4 steps (loss 2.49 -> 0.07; the adapted model answers
 # "The capital of Zorblax is Quintar." to the raw prompt and as a chat turn), without the 1.6 GB
 # checkpoint a full fine-tune of SmolLM2 would write at step 2.
 FACT_HYPERPARAMETERS = {"epochCount": "1", "batchSize": "8", "learningRate": "0.002", "loraRank": "16",
@@ -602,11 +602,12 @@ def test_fine_tuning_learns_a_made_up_fact(trainer, fact_done):
     summary, = client.list_model_customization_jobs(nameContains=fact_done["name"])["modelCustomizationJobSummaries"]
     assert summary["status"] == "Completed" and summary["customModelArn"] == model_arn
     assert summary["endTime"] == job["endTime"] and summary["customModelName"] == fact_done["model_name"]
-    # stored as a plain HF model folder (LoRA merged) in the model store
+    # stored as its LoRA adapter (PEFT folder + tokenizer), not a merged copy of the base
     stored = trainer.data_dir / "s3" / MODEL_BUCKET / ACCOUNT / REGION / "custom-models" / MODEL_ARN.fullmatch(
         model_arn)["id"]
-    assert (stored / "config.json").is_file() and (stored / "model.safetensors").stat().st_size > 100_000_000
-    assert not list(stored.glob("adapter_*"))
+    assert (stored / "adapter_config.json").is_file()
+    assert 0 < (stored / "adapter_model.safetensors").stat().st_size < 50_000_000  # the base is ~270 MB
+    assert not (stored / "config.json").exists() and not list(stored.glob("model*.safetensors"))
     assert not (SHARED_CACHE / "customization" / job_id(arn)).exists()  # the local work folder is gone
     assert checkpoint_files(trainer, arn) == {}  # and so are its checkpoints in the object store
 

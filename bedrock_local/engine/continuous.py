@@ -30,9 +30,9 @@ masked by its grammar before the token is chosen, and its text goes through a `T
 (formats/tools.py), so a call streams as `ToolUseStart` then `ToolInputDelta`s (pieces of the
 input's JSON) instead of text, with the same toolUseId as the final result's call.
 
-Streaming holds back text that could still change: an incomplete UTF-8 character (decoded text
-ending in U+FFFD) and a tail that could be the start of a stop sequence, so the stop sequence
-itself is never streamed; the deltas of a request always concatenate to its final text.
+How each row's tokens become its events (text held back while it could still change: an incomplete
+character, the start of a stop sequence) is streaming.py's `TokenEvents`, shared with the VllmServer
+(vllm_serving.py); the events are defined there and re-exported here.
 """
 
 from __future__ import annotations
@@ -51,71 +51,29 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .constrained import ToolConstraint
-from .formats import FormatError, TextRequest, TextResult
+from .formats import FormatError, TextRequest
 from .formats.tools import ToolCallReader
-from .generation import DEFAULT_BATCH_SIZE, TextModel, _first_stop, _request_seed, _Row, draw_tokens, row_generator
+from .generation import DEFAULT_BATCH_SIZE, TextModel, _request_seed, _Row, draw_tokens, row_generator
+from .streaming import (CANCELLED, UNLOADED, Failed, Finished, TextDelta, TokenEvents, TokenStream, ToolInputDelta,
+                        ToolUseStart)
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CANCELLED", "UNLOADED", "ContinuousBatcher", "Failed", "Finished", "Submission", "TextDelta",
+           "ToolInputDelta", "ToolUseStart"]
 
 # Prompt tokens (padded width x newcomers) prefilled between two decoding steps at most; a single
 # longer prompt still goes in, alone.
 PREFILL_BUDGET = {"cpu": 2048, "cuda": 65536}
-UNLOADED = "the model was unloaded"
-CANCELLED = "cancelled"
 OUT_OF_MEMORY = "the model ran out of memory; this request was dropped to make room for the others"
 
 
-@dataclass
-class TextDelta:
-    text: str
-
-
-@dataclass
-class ToolUseStart:
-    """A tool call begins: its id and the tool's name."""
-
-    tool_use_id: str
-    name: str
-
-
-@dataclass
-class ToolInputDelta:
-    """A piece of the JSON text of the call's input."""
-
-    text: str
-
-
-@dataclass
-class Finished:
-    result: TextResult
-
-
-@dataclass
-class Failed:
-    message: str
-
-
 @dataclass(eq=False)
-class _Live:
-    """One submitted request: its prompt, its generated tokens and what was streamed of them."""
+class _Live(TokenStream):
+    """One submitted request (streaming.TokenStream) and what the batcher decodes it with."""
 
-    row: _Row
-    on_event: Callable[[object], None]
-    submitted: float
-    generator: torch.Generator | None  # sampling requests only
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""  # the generated text decoded so far (complete characters only)
-    streamed: int = 0  # characters of `text` already sent as deltas
-    prefix_offset: int = 0  # incremental decoding: tokens[prefix_offset:read_offset] give context,
-    read_offset: int = 0  # tokens[read_offset:] are not in `text` yet
-    cancelled: str | None = None  # why the request must leave the batch (cancel, a failing handler)
-    done: bool = False  # the final event was sent
-    constraint: ToolConstraint | None = None  # requests with tools: their grammar
-    reader: ToolCallReader | None = None  # requests with tools: their text read as text or a call
-
-    @property
-    def request(self) -> TextRequest:
-        return self.row.request
+    generator: torch.Generator | None = None  # sampling requests only
+    constraint: ToolConstraint | None = field(default=None, kw_only=True)  # requests with tools: their grammar
 
 
 class Submission:
@@ -133,7 +91,7 @@ class Submission:
             self._batcher._wake()
 
 
-class ContinuousBatcher(TextModel):
+class ContinuousBatcher(TokenEvents, TextModel):
     """Serves one causal LM to concurrent requests with continuous batching: `start` the loop,
     `submit` requests (each streams `TextDelta`s, then `Finished` or `Failed`, to its `on_event`
     from the loop thread), `close` to drain or drop what is left."""
@@ -144,6 +102,7 @@ class ContinuousBatcher(TextModel):
         self.prefill_budget = PREFILL_BUDGET.get(self.device.type, PREFILL_BUDGET["cpu"])
         self._keep_last_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._cond = threading.Condition()
+        self._events_lock = self._cond  # TokenEvents: a final event is sent once
         self._prompt_lock = threading.Lock()  # one tokenization at a time: fast tokenizers are not reentrant
         self._queue: deque[_Live] = deque()
         self._admitted: set[_Live] = set()  # taken from the queue, no final event yet
@@ -168,9 +127,13 @@ class ContinuousBatcher(TextModel):
             self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
             self._thread.start()
 
-    def submit(self, request: TextRequest, on_event: Callable[[object], None], *, seed: int = 0) -> Submission:
+    def submit(self, request: TextRequest, on_event: Callable[[object], None], *, seed: int = 0,
+               adapter=None) -> Submission:
         """Queue `request`; raises FormatError (bad prompt, too long for the context, no chat
-        template) or RuntimeError (the batcher is closing) before anything is queued."""
+        template) or RuntimeError (the batcher is closing) before anything is queued. No `adapter`: a
+        LoRA model on transformers is loaded merged into its base (engine/loading.py)."""
+        if adapter is not None:  # a bug: load_engine wraps only engines with `adapters = True`
+            raise ValueError("the transformers batcher serves no adapters (a LoRA model on it is loaded merged)")
         if self._closing:
             raise RuntimeError("the model is being unloaded; it takes no new requests")
         if request.max_tokens < 1:
@@ -402,7 +365,7 @@ class ContinuousBatcher(TextModel):
             torch.cuda.empty_cache()
 
     # ----------------------------------------------------------------------------------------
-    # Tokens to text and events
+    # Tokens to text and events (streaming.TokenEvents)
 
     def _hand_out(self, rows: list[_Live], tokens: list[int]) -> None:
         """Give each row its new token: stream its text, finish it when it is done; then drop the
@@ -418,83 +381,12 @@ class ContinuousBatcher(TextModel):
         self._drop()
 
     def _take(self, live: _Live, token: int) -> None:
-        live.tokens.append(token)
         if live.constraint is not None:
             live.constraint.take(token)
-        request = live.request
-        if token in self.eos_ids or len(live.tokens) >= request.max_tokens:
-            self._finish_live(live, None)
-            return
-        stops = request.stop_sequences
-        seen = len(live.text)
-        self._read(live)
-        if stops:
-            longest = max(len(s) for s in stops)
-            if _first_stop(live.text[max(0, seen - longest + 1) :], stops) is not None:
-                self._finish_live(live, len(live.tokens))
-                return
-        end = len(live.text) - _stop_prefix_length(live.text, stops)
-        if end > live.streamed:
-            delta = live.text[live.streamed : end]
-            live.streamed = end
-            self._stream(live, delta)
+        super()._take(live, token)
 
-    def _stream(self, live: _Live, text: str) -> None:
-        """Send generated text: as it is, or (a request with tools) as its reader reads it."""
-        if live.reader is None:
-            self._send(live, TextDelta(text))
-            return
-        for kind, value in live.reader.feed(text):
-            if kind == "text":
-                self._send(live, TextDelta(value))
-            elif kind == "tool_use":
-                self._send(live, ToolUseStart(value["toolUseId"], value["name"]))
-            else:
-                self._send(live, ToolInputDelta(value))
-
-    def _read(self, live: _Live) -> None:
-        """Incremental decoding: the text of the new tokens, decoded with the few tokens before
-        them for context (word boundaries, spaces), added once it is complete characters."""
-        context = self._decode(live.tokens[live.prefix_offset : live.read_offset])
-        text = self._decode(live.tokens[live.prefix_offset :])
-        if len(text) > len(context) and text.startswith(context) and not text.endswith("\ufffd"):
-            live.text += text[len(context) :]
-            live.prefix_offset, live.read_offset = live.read_offset, len(live.tokens)
-
-    def _finish_live(self, live: _Live, stopped_at: int | None) -> None:
-        latency_ms = int((time.perf_counter() - live.submitted) * 1000)
-        result = self._finish(live.row, live.tokens, stopped_at, latency_ms, raw=True)
-        streamed = live.text[: live.streamed]
-        if not result.text.startswith(streamed):  # the tokenizer decoded a prefix differently
-            log.warning("streamed text is not a prefix of the final text; the final text keeps what was streamed")
-            common = _common_prefix_length(streamed, result.text)
-            result.text = streamed + result.text[common:]
-        if len(result.text) > len(streamed):
-            self._stream(live, result.text[len(streamed) :])
-        live.streamed = len(live.text)
-        self._final(live, Finished(self._read_tools(result, live.request, live.reader)))
-
-    def _send(self, live: _Live, event: object) -> None:
-        try:
-            live.on_event(event)
-        except Exception as exc:
-            log.exception("an on_event handler failed")
-            if live.cancelled is None:
-                live.cancelled = f"the event handler failed: {type(exc).__name__}: {exc}"
-
-    def _final(self, live: _Live, event: object) -> None:
-        with self._cond:
-            if live.done:
-                return
-            live.done = True
-            self._admitted.discard(live)
-        try:
-            live.on_event(event)
-        except Exception:
-            log.exception("an on_event handler failed on the final event")
-
-    def _fail(self, live: _Live, message: str) -> None:
-        self._final(live, Failed(message))
+    def _released(self, live: _Live) -> None:
+        self._admitted.discard(live)
 
     def _fail_queued(self, message: str) -> None:
         with self._cond:
@@ -567,24 +459,3 @@ def _check_layers(cache: DynamicCache) -> None:
             raise NotImplementedError(
                 f"continuous batching needs full-attention cache layers, this model has {type(layer).__name__}"
             )
-
-
-def _stop_prefix_length(text: str, stops: list[str]) -> int:
-    """The length of the longest tail of `text` that is the start of a stop sequence (it may
-    become one with the next tokens, so it is not streamed yet)."""
-    longest = 0
-    for stop in stops:
-        for length in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:length]):
-                longest = length
-                break
-    return longest
-
-
-def _common_prefix_length(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

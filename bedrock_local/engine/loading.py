@@ -1,10 +1,10 @@
 """Loading and checking models on disk.
 
 Owns: checking an imported Hugging Face folder the way Bedrock Custom Model Import expects
-(`check_hf_model_folder`), loading a causal LM from an HF folder or a GGUF file
-(`load_causal_lm`), turning a catalog model's packaged weights into a plain HF folder once and
-reusing it (`materialize_foundation_model`), and loading a sentence-transformers model
-(`load_embedding_model`). Everything loads from local paths; nothing reaches a model hub.
+(`check_hf_model_folder`), loading a causal LM from an HF folder, a GGUF file or a LoRA adapter
+folder merged onto its base (`load_causal_lm`), turning a catalog model's packaged weights into a
+plain HF folder once and reusing it (`materialize_foundation_model`), and loading a
+sentence-transformers model (`load_embedding_model`). Everything loads from local paths; nothing reaches a model hub.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 
 from bedrock_local.storage.folder import temporary_prefix
 
+from .adapters import base_path, is_adapter_folder
 from .catalog import KIND_EMBEDDING, FoundationModel, packaged_weights, weights_of
 
 if TYPE_CHECKING:
@@ -55,6 +57,12 @@ REQUIRED_FILES: tuple[str, ...] = (
     " or ".join("+".join(files) for files in TOKENIZER_FILE_SETS),
 )
 MATERIALIZED_MARKER = ".bedrock-local-materialized.json"
+# One model build at a time in a process: transformers and accelerate build models on the meta device
+# under context managers that patch torch process-wide (init_empty_weights), so two loads in threads of
+# one process (a serving node loading a deployment and a Provisioned Throughput at once) corrupt each
+# other (measured: two threads loading SmolLM2 at once failed 8 times in 8, "Cannot copy out of meta
+# tensor"). Re-entrant: an adapter's load loads its base.
+_BUILDING = threading.RLock()
 _MATERIALIZE_FORMAT = 1
 
 
@@ -101,7 +109,7 @@ def check_hf_model_folder(path: Path, load: bool = True) -> ModelCheck:
     headers = {name: _read_safetensors_header(path / name, name) for name in weight_files}
     _check_index_against_headers(path, headers)
 
-    with init_empty_weights():
+    with _BUILDING, init_empty_weights():
         try:
             meta_model = model_class._from_config(config)
         except Exception as exc:  # a config transformers accepts but cannot build a model from
@@ -117,7 +125,8 @@ def check_hf_model_folder(path: Path, load: bool = True) -> ModelCheck:
     del meta_model
 
     if load:
-        _load_and_run(path, model_class)
+        with _BUILDING:
+            _load_and_run(path, model_class)
     return ModelCheck(
         architecture=architecture,
         model_type=model_type,
@@ -404,18 +413,36 @@ def _load_and_run(path: Path, model_class: type[PreTrainedModel]) -> None:
 
 
 def load_causal_lm(source: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load (model, tokenizer) from an HF folder or a `.gguf` file; the model is a plain
-    (non-quantized) one in eval mode on `device`, so it can be saved and trained."""
+    """Load (model, tokenizer) from an HF folder, a LoRA adapter folder or a `.gguf` file; the model is
+    a plain (non-quantized) one in eval mode on `device`, so it can be saved and trained. An adapter
+    folder (engine/adapters.py) loads as its base with the adapter merged in (PEFT), one model."""
     source = Path(source)
-    if source.is_file() and source.suffix == ".gguf":
-        model, tokenizer = _load_gguf(source)
-    elif source.is_dir():
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-    else:
-        raise FileNotFoundError(f"{source}: neither a model folder nor a .gguf file")
+    with _BUILDING:
+        if source.is_file() and source.suffix == ".gguf":
+            model, tokenizer = _load_gguf(source)
+        elif is_adapter_folder(source):
+            model, tokenizer = _load_adapter_merged(source, dtype)
+        elif source.is_dir():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        else:
+            raise FileNotFoundError(f"{source}: neither a model folder nor a .gguf file")
     model = model.to(device=device, dtype=dtype)
     model.eval()
+    return model, tokenizer
+
+
+def _load_adapter_merged(adapter: Path, dtype: torch.dtype):
+    """The adapter's base (engine/adapters.base_path: where it is on this host) with the adapter
+    merged into its weights, so it runs as fast as a full model; the adapter's own tokenizer (saved
+    with it at training) when it has one, else the base's."""
+    from peft import PeftModel
+
+    base = base_path(adapter)
+    model, tokenizer = load_causal_lm(base, dtype=dtype, device="cpu")
+    model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    if _tokenizer_files({p.name for p in adapter.iterdir() if p.is_file()}):
+        tokenizer = AutoTokenizer.from_pretrained(adapter, local_files_only=True)
     return model, tokenizer
 
 
@@ -452,7 +479,8 @@ def load_embedding_model(source: Path, *, device: str = "cpu") -> "SentenceTrans
     source = Path(source)
     if not (source / "modules.json").is_file() and not (source / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{source}: not a sentence-transformers model folder")
-    return SentenceTransformer(str(source), device=device, local_files_only=True)
+    with _BUILDING:
+        return SentenceTransformer(str(source), device=device, local_files_only=True)
 
 
 # --------------------------------------------------------------------------------------------

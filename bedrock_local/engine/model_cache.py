@@ -1,16 +1,21 @@
 """Models kept loaded between jobs, under a memory budget.
 
-A worker asks `ModelCache` for a `TextGenerator` or an `Embedder` by the model's location on
+A worker asks `ModelCache` for a text generator or an `Embedder` by the model's location on
 disk (an HF folder, a `.gguf` file, a sentence-transformers folder). The first ask loads it; later
-asks get the same object. When loading one more model would go over the budget (default: half
-of the machine's RAM, or of the GPU's memory on CUDA), the least recently used models are
-dropped first. Sizes are parameter count x element size: estimated from the files before loading,
-measured on the loaded model after.
+asks get the same object. A text model runs on the backend engine/backends.choose picks for it
+under `--engine` (`text_generator(path, engine=..., kv_cache_gib=...)`): a `TextGenerator`
+(transformers) or a `VllmGenerator` (vllm_batch.py); the backend is part of the cache key. When
+loading one more model would go over the budget (default: half of the machine's RAM, or of the
+GPU's memory on CUDA), the least recently used models are dropped first; a vLLM engine dropped is
+closed (its processes end, its KV cache is freed). Sizes are parameter count x element size:
+estimated from the files before loading, measured on the loaded model after (a vLLM engine says
+its own: weights + KV cache).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -23,6 +28,8 @@ import torch
 from .embeddings import Embedder
 from .generation import TextGenerator, default_device
 from .loading import load_causal_lm, load_embedding_model
+
+log = logging.getLogger(__name__)
 
 KIND_TEXT, KIND_EMBEDDING = "text", "embedding"
 LOAD_ELEMENT_SIZE = 4  # models load as float32
@@ -47,8 +54,23 @@ class ModelCache:
         self._sizes: dict[tuple[str, Path], int] = {}  # measured sizes, also of evicted models
         self._lock = threading.RLock()
 
-    def text_generator(self, source: Path) -> TextGenerator:
-        return self._get(KIND_TEXT, Path(source), self._load_text)
+    def text_generator(self, source: Path, *, engine: str = "transformers", kv_cache_gib: float = 2.0):
+        """The TextGenerator (transformers) or VllmGenerator of the model at `source`, as
+        backends.choose(engine, source) says (GGUF files and models vLLM cannot run fall back to
+        transformers under auto)."""
+        from .backends import VLLM, choose
+
+        source = Path(source)
+        backend = choose(engine, source)
+
+        def load(path: Path):
+            log.info("text model %s loads on %s (--engine %s)", path.name, backend, engine)
+            return _load_vllm(path, kv_cache_gib) if backend == VLLM else self._load_text(path)
+
+        if backend == VLLM:
+            return self._get(f"{KIND_TEXT}:{VLLM}", source, load,
+                             estimate=estimate_model_bytes(source) + int(kv_cache_gib * 1024 ** 3))
+        return self._get(KIND_TEXT, source, load)
 
     def embedder(self, source: Path) -> Embedder:
         return self._get(KIND_EMBEDDING, Path(source), self._load_embedding)
@@ -64,21 +86,27 @@ class ModelCache:
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
+            while self._entries:
+                _close(self._entries.popitem(last=False)[1].value)
         _release_memory()
 
     # ----------------------------------------------------------------------------------------
 
-    def _get(self, kind: str, source: Path, load: Callable[[Path], Any]):
+    def _get(self, kind: str, source: Path, load: Callable[[Path], Any], estimate: int | None = None):
         key = (kind, source.resolve())
         with self._lock:
             entry = self._entries.get(key)
+            if entry is not None and getattr(entry.value, "failed", None) is not None:
+                log.warning("the engine of %s broke (%s): loading it again", source, entry.value.failed)
+                del self._entries[key]
+                _close(entry.value)
+                entry = None
             if entry is not None:
                 self._entries.move_to_end(key)
                 return entry.value
-            self._make_room(self._sizes.get(key) or estimate_model_bytes(source))
+            self._make_room(self._sizes.get(key) or estimate or estimate_model_bytes(source))
             value = load(source)
-            size = model_bytes(value.model)
+            size = engine_bytes(value, source) if hasattr(value, "kv_cache_bytes") else model_bytes(value.model)
             self._sizes[key] = size
             self._make_room(size)
             self._entries[key] = _Entry(value, size)
@@ -89,7 +117,7 @@ class ModelCache:
         whole budget still loads, alone)."""
         evicted = False
         while self._entries and self.used_bytes() + size > self.memory_budget_bytes:
-            self._entries.popitem(last=False)
+            _close(self._entries.popitem(last=False)[1].value)
             evicted = True
         if evicted:
             _release_memory()
@@ -105,6 +133,22 @@ class ModelCache:
 # --------------------------------------------------------------------------------------------
 
 
+def _load_vllm(source: Path, kv_cache_gib: float):
+    from .vllm_batch import VllmGenerator
+
+    return VllmGenerator(source, kv_cache_gib=kv_cache_gib)
+
+
+def _close(value) -> None:
+    """Free what a dropped model holds outside this process's heap (a vLLM engine's processes)."""
+    close = getattr(value, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.warning("closing a dropped model failed", exc_info=True)
+
+
 def default_memory_budget(device: str | None = None) -> int:
     """Half of the GPU's memory on CUDA, else half of the RAM this process may use."""
     device = device or default_device()
@@ -118,6 +162,12 @@ def default_memory_budget(device: str | None = None) -> int:
     except OSError:
         pass
     return ram // 2
+
+
+def engine_bytes(engine, source: Path) -> int:
+    """Bytes an engine that holds its model outside this process takes (vllm_batch.VllmGenerator): its
+    weights, estimated from the files at its element size, and its KV cache."""
+    return estimate_model_bytes(source) * engine.weight_element_bytes // LOAD_ELEMENT_SIZE + engine.kv_cache_bytes
 
 
 def model_bytes(model: torch.nn.Module) -> int:

@@ -2,7 +2,8 @@
 
 `train` runs one SFTTrainer run with progress (`on_step`), Stop (`should_stop`), Trainer
 checkpoints that a later call resumes from, validation at each epoch end, and the result saved as
-a plain HF folder (LoRA merged) that loads like any imported model. The hyper-parameters and the
+a plain HF folder that loads like any imported model (full fine-tuning, or LoRA merged), or, for LoRA
+with `adapter_base`, as the PEFT adapter folder alone (engine/adapters.py: served on its base). The hyper-parameters and the
 training records it takes are parsed by engine/training_data.py (re-exported here), which loads no
 ML library, so the API process can check a request without importing torch.
 
@@ -372,10 +373,11 @@ def train(
     should_stop: Callable[[], bool],
     on_checkpoint: Callable[[Path], None] | None = None,
     save_on_stop: bool = True,
+    adapter_base: str | None = None,
 ) -> TrainingResult:
     """Train `base_model` (an HF folder) on `train_records` (rows from read_records) with TRL's
-    SFTTrainer; full fine-tuning, or LoRA (PEFT) merged at the end when config.lora_rank > 0.
-    Float32 weights; bf16 mixed precision on CUDA when the GPU has it.
+    SFTTrainer; full fine-tuning, or LoRA (PEFT) when config.lora_rank > 0. Float32 weights; bf16
+    mixed precision on CUDA when the GPU has it.
 
     Trainer checkpoints go to `checkpoint_dir`, the last 2 kept, none after the last step, and
     `on_checkpoint(path)` is called after each (the training waits for it): every
@@ -387,7 +389,10 @@ def train(
     step), and when it answers True, TrainingResult(stopped=True) comes back without a model, after
     saving that step's checkpoint when `save_on_stop` (a later call resumes from it).
     Otherwise the model (eval mode, KV cache on) is saved with its tokenizer and chat template
-    into `output_dir`, as float32 safetensors."""
+    into `output_dir`, as float32 safetensors: with LoRA and `adapter_base` (the name of the base,
+    e.g. its foundation model id, written as the adapter_config.json's base_model_name_or_path
+    instead of this host's path), the adapter folder alone; with LoRA and no `adapter_base`, the
+    adapter merged into the base, a whole model."""
     base_model, output_dir, checkpoint_dir = Path(base_model), Path(output_dir), Path(checkpoint_dir)
     _record_form(train_records, validation_records, config.customization_type)  # before the slow load
 
@@ -435,10 +440,24 @@ def train(
     del trainer, model
     if result.stopped:
         return result
+    if config.lora_rank > 0 and adapter_base:
+        _save_adapter(trained, tokenizer, output_dir, adapter_base)
+        return result
     if config.lora_rank > 0:
         trained = trained.merge_and_unload()
     _save_model(trained, tokenizer, output_dir)
     return result
+
+
+def _save_adapter(model, tokenizer, output_dir: Path, base: str) -> None:
+    """The PEFT adapter (adapter_config.json + adapter_model.safetensors, float32 as it trained: see
+    _save_model) and the tokenizer, with `base` named as its base model."""
+    model.peft_config["default"].base_model_name_or_path = base
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.to(device="cpu", dtype=torch.float32).save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    # PEFT writes a README.md model card that names the base; it is not part of the model
+    (output_dir / "README.md").unlink(missing_ok=True)
 
 
 def _save_model(model, tokenizer, output_dir: Path) -> None:

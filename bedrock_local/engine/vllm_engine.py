@@ -17,6 +17,7 @@ request with the same fields and counts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -119,3 +120,23 @@ def lora_request(adapter: Path | str | None):
     path = str(Path(adapter).resolve())
     number = int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "big") % (2 ** 31 - 1) + 1
     return LoRARequest(lora_name=f"adapter-{number}", lora_int_id=number, lora_path=path)
+
+
+@contextlib.contextmanager
+def starting_children():
+    """Around the start of a vLLM engine: its engine core and worker are child processes, and
+    multiprocessing refuses children to a daemonic process (our worker and serving processes are
+    started daemonic by processes/supervisor.py so they end with their parent). The flag is lifted
+    while vLLM starts them; vLLM's own processes end when their parent does (they watch it)."""
+    import multiprocessing
+
+    config = multiprocessing.current_process()._config
+    daemonic = config.get("daemon")
+    config["daemon"] = False
+    try:
+        yield
+    finally:
+        if daemonic is None:
+            config.pop("daemon", None)
+        else:
+            config["daemon"] = daemonic

@@ -225,25 +225,31 @@ class ServingNode:
         async with entry.lock:
             if entry.served is None:
                 served = await asyncio.to_thread(load_served, source, self.settings, self.objects)
-                await asyncio.to_thread(self._make_room, served.size, source.reference)
+                await asyncio.to_thread(self._make_room, served, source.reference)
                 entry.served = served
                 log.info("serving node %s: loaded on-demand model %s", self.node_id, source.reference)
             return entry.served
 
-    def _make_room(self, size: int, keep: str) -> None:
+    def _make_room(self, new: Served, keep: str) -> None:
+        """Unload on-demand models, least recently used first, until the models held (`new` among them)
+        fit the memory budget. An engine several models share (deployment.SharedEngines: one vLLM
+        engine for a base and its LoRA custom models) counts once, and is freed only with its last model."""
         from bedrock_local.engine.model_cache import default_memory_budget
 
         budget = default_memory_budget()
-        used = sum(d.served.size for d in self.deployments.values())
         loaded = [(ref, e) for ref, e in self.on_demand.items() if e.served is not None and ref != keep]
-        used += sum(e.served.size for _, e in loaded)
         for ref, entry in loaded:  # least recently used first
-            if used + size <= budget:
+            if self._used_bytes(new) <= budget:
                 break
             log.info("unloading on-demand model %s to make room", ref)
             served, entry.served = entry.served, None
-            used -= served.size
             served.close(drain=True)
+
+    def _used_bytes(self, new: Served) -> int:
+        held = [d.served for d in self.deployments.values()]
+        held += [e.served for e in self.on_demand.values() if e.served is not None]
+        sizes = {served.memory_key: served.size for served in [*held, new]}
+        return sum(sizes.values())
 
     # ---- requests --------------------------------------------------------------------------
     async def _read_signed(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
@@ -359,7 +365,7 @@ class ServingNode:
         await writer.drain()
 
     async def _answer_text(self, served: Served, message: dict, reader, writer) -> None:
-        from bedrock_local.engine.continuous import Failed, Finished, TextDelta, ToolInputDelta, ToolUseStart
+        from bedrock_local.engine.streaming import Failed, Finished, TextDelta, ToolInputDelta, ToolUseStart
 
         if served.kind == KIND_EMBEDDING:
             writer.write(protocol.encode(protocol.error("ValidationException",

@@ -6,6 +6,7 @@ import re
 
 from bedrock_local.jobs import lease
 from bedrock_local.jobs.artifacts import model_location
+from bedrock_local.jobs.model_sources import ADAPTER_BASE_MEMBER
 from bedrock_local.service.common import (as_answer, idempotent_replay, insert_unique, list_resources, make_arn,
                                           new_id, parse_arn, request_hash)
 from bedrock_local.service.context import Context
@@ -19,9 +20,11 @@ from bedrock_local.store.schema import Resource
 
 KIND = "model-copy-job"
 _CUSTOM_MODEL_PATH = re.compile(r"custom-model/(?P<path>.+)/(?P<id>[a-z0-9]{12})")
+# what a copy keeps of its source: its lineage, and the base foundation model of a LoRA adapter (the
+# adapter's files are copied like any model's; the base is in every region's catalog)
 _LINEAGE = ("baseModelArn", "baseModelName", "customizationType", "hyperParameters", "trainingDataConfig",
             "validationDataConfig", "outputDataConfig", "trainingMetrics", "validationMetrics",
-            "customizationConfig", "jobName", "jobArn")
+            "customizationConfig", "jobName", "jobArn", ADAPTER_BASE_MEMBER)
 COLUMNS = {"jobArn": "arn", "status": "status", "creationTime": "created_at"}
 FILTERS = {"sourceAccountEquals": Resource.ref_account, "sourceModelArnEquals": Resource.ref_arn,
            "targetModelNameContains": Resource.name}

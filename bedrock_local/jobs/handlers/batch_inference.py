@@ -7,7 +7,10 @@ error) and `<job id>/manifest.json.out`. Each chunk of finished records is flush
 object before the checkpoint records it, so a Stop or a crash keeps finished work, and a job taken
 back after a crash resumes from the checkpoint without losing or duplicating a record.
 
-The model is asked for each chunk of records (RecordRunner); an engine may look at each record first
+The model is asked for each chunk of records (RecordRunner), or, on an engine that takes records as
+its slots free (vLLM: engine/vllm_batch.py), records stream through it with no chunk boundary: they are
+parsed as the engine pulls them, and finished lines are appended (and saved) in input order only, so a
+checkpoint never vouches for a record after one still running. An engine may look at each record first
 (`check_record`: a record it fails becomes an error line, as for any model error; a JobSignal ends the
 job right before that record, through the same path as a Stop, a failure or the timeout). The stub
 models use this for their faults (docs/stub-models.md).
@@ -129,12 +132,15 @@ class RecordRunner:
         self.body_format = body_format(source)
         self.model_id = source.foundation_model_id or source.reference
         self.model = load_engine(source, settings, objects,
-                                 lambda path: (model_cache().text_generator(path) if source.kind == KIND_TEXT
-                                               else model_cache().embedder(path)))
+                                 lambda path: (model_cache().text_generator(path, engine=settings.engine,
+                                                                            kv_cache_gib=settings.vllm_kv_cache_gib)
+                                               if source.kind == KIND_TEXT else model_cache().embedder(path)))
         # optional engine hooks: a look at each record before its chunk runs (it may fail the record
         # with a ModelCallError or end the job with a JobSignal), and the records per chunk it prefers
         self.check_record = getattr(self.model, "check_record", None)
         self.records_per_chunk = getattr(self.model, "records_per_chunk", None)
+        # an engine that takes records as its slots free (vllm_batch.VllmGenerator) streams them (`stream`)
+        self.streams = source.kind == KIND_TEXT and hasattr(self.model, "stream")
 
     def chunk_size(self) -> int:
         return self.records_per_chunk or chunk_records()
@@ -199,31 +205,106 @@ class RecordRunner:
             results = [exc] * len(work)
         position = 0
         for index, request in parsed:
-            record = records[index]
             count = len(request.embeddings) if getattr(request, "embeddings", None) is not None else 1
             mine, position = results[position:position + count], position + count
-            problem = next((r for r in mine if isinstance(r, Exception)), None)
-            if isinstance(problem, formats.FormatError):
-                lines[index] = (error_line(record, 400, str(problem)), 0, 0)
-                continue
-            if isinstance(problem, ModelCallError):
-                lines[index] = (error_line(record, problem.status, problem.message), 0, 0)
-                continue
-            if problem is not None:
-                lines[index] = (error_line(record, 500, f"The model failed on this record: {problem}"), 0, 0)
-                continue
-            if not isinstance(request, formats.InvokeRequest):
-                output = formats.render_converse_response(mine[0])
-                tokens = (mine[0].input_tokens, mine[0].output_tokens)
-            elif request.text is not None:
-                output = formats.render_invoke(request, mine[0], model_id=self.model_id)
-                tokens = (mine[0].input_tokens, mine[0].output_tokens)
-            else:
-                output = formats.render_invoke(request, mine, model_id=self.model_id)
-                tokens = (sum(r.input_tokens for r in mine), 0)
-            lines[index] = ({"recordId": record["recordId"], "modelInput": record["modelInput"],
-                             "modelOutput": output}, *tokens)
+            lines[index] = self._output_line(records[index], request, mine)
         return lines, ending
+
+    def stream(self, records, seed: int, start: int = 0):
+        """The streamed counterpart of `run` (engines with `stream`): records are pulled from the
+        iterator `records` and prepared as the engine has room for them (`start`: the number of records
+        of the job before them); yields ([(output line, input tokens, output tokens), ...], None) each
+        time a record finishes, with the lines that became writable in input order (none while an
+        earlier record still runs), and last ([], signal) when the model ended the job at a record (the
+        records before it all written). Closing it aborts what the engine still runs."""
+        from bedrock_local.engine import formats
+
+        held: dict[int, tuple[dict, object]] = {}  # records in the engine: position -> (record, parsed request)
+        ready: dict[int, tuple[dict, int, int]] = {}  # finished lines waiting for an earlier record
+        written, signal = 0, None
+
+        def requests():
+            nonlocal signal
+            for position, record in enumerate(records):
+                try:
+                    prepared = self._prepare(start + position + 1, record)
+                except JobSignal as ending:  # the records before this one finish, then the job ends
+                    signal = ending
+                    return
+                if isinstance(prepared, dict):
+                    yield position, _Line(prepared)
+                    continue
+                held[position] = (record, prepared)
+                text = prepared.text if isinstance(prepared, formats.InvokeRequest) else prepared
+                yield position, (text if text is not None else
+                                 formats.FormatError("this model generates text; the record asks for embeddings"))
+
+        results = self.model.stream(requests(), seed=seed)
+        try:
+            for position, result in results:
+                if isinstance(result, _Line):
+                    ready[position] = (result.line, 0, 0)
+                else:
+                    record, request = held.pop(position)
+                    ready[position] = self._output_line(record, request, [result])
+                done = []
+                while written in ready:
+                    done.append(ready.pop(written))
+                    written += 1
+                yield done, None
+        finally:
+            results.close()  # (a consumer that stopped early: vLLM aborts what still runs)
+        if signal is not None:
+            yield [], signal
+
+    def _output_line(self, record: dict, request, mine: list) -> tuple[dict, int, int]:
+        """The output line of `record` (parsed as `request`) from the model's results for it (or the
+        exceptions that refused them), with its input and output tokens."""
+        from bedrock_local.engine import formats
+
+        problem = next((r for r in mine if isinstance(r, Exception)), None)
+        if isinstance(problem, formats.FormatError):
+            return error_line(record, 400, str(problem)), 0, 0
+        if isinstance(problem, ModelCallError):
+            return error_line(record, problem.status, problem.message), 0, 0
+        if problem is not None:
+            return error_line(record, 500, f"The model failed on this record: {problem}"), 0, 0
+        if not isinstance(request, formats.InvokeRequest):
+            output = formats.render_converse_response(mine[0])
+            tokens = (mine[0].input_tokens, mine[0].output_tokens)
+        elif request.text is not None:
+            output = formats.render_invoke(request, mine[0], model_id=self.model_id)
+            tokens = (mine[0].input_tokens, mine[0].output_tokens)
+        else:
+            output = formats.render_invoke(request, mine, model_id=self.model_id)
+            tokens = (sum(r.input_tokens for r in mine), 0)
+        return {"recordId": record["recordId"], "modelInput": record["modelInput"], "modelOutput": output}, *tokens
+
+
+class _Line(Exception):
+    """A record's error line made before the model saw it, passed through the engine's stream in turn
+    (vllm_batch.VllmGenerator.stream hands back Exception values as they are)."""
+
+    def __init__(self, line: dict):
+        super().__init__(line["error"]["errorMessage"])
+        self.line = line
+
+
+def _chunks(runner, records, seed: int, start: int):
+    """`RecordRunner.stream`'s shape over a runner that takes chunks (`run`): one group of lines per
+    chunk of runner.chunk_size() records, with the model's JobSignal if it ended the job at a record of
+    that chunk, or "done" with the last chunk (the next one is read before the group is handed on, so
+    a job whose records are all written ends done even if a Stop arrives meanwhile)."""
+    size = runner.chunk_size()
+    chunk = list(itertools.islice(records, size))
+    while chunk:
+        done, signal = runner.run(chunk, seed, start)
+        if signal is not None:
+            yield done, signal
+            return
+        start += len(chunk)
+        chunk = list(itertools.islice(records, size))
+        yield done, (None if chunk else "done")
 
 
 class _Counting:
@@ -514,39 +595,40 @@ class BatchInferenceHandler(Handler):
         return counts
 
     def _write(self, ctx, runner, records, lines: list[str], counts: dict, info: JobInfo, first: int, save):
-        """The record loop of a job and of a shard: run `records` through `runner` a chunk at a time,
-        appending their output lines to `lines` (which holds the lines kept from before; lines[0] is
-        record `first` of the job) and counting them into `counts`; `save()` writes `lines` to their
+        """The record loop of a job and of a shard: run `records` through `runner` (streamed through an
+        engine that takes records as its slots free, else a chunk at a time), appending their output
+        lines to `lines` (which holds the lines kept from before; lines[0] is record `first` of the job)
+        and counting them into `counts`; `save()` writes `lines` to their
         object and checkpoints them. Answers why it ended: "done" (no record left), "stop" (a Stop or a
         lost lease: ctx.should_stop()), "timeout" (the job's deadline passed) or the model's JobSignal;
         what is finished is saved before it answers."""
         # The whole output object is rewritten at each save (S3 has no append): save after every
-        # chunk while that is cheap, but never spend more than 1/FLUSH_SHARE of the time on it.
-        size = runner.chunk_size()
+        # chunk (every finished record when streaming) while that is cheap, but never spend more than
+        # 1/FLUSH_SHARE of the time on it. Only lines appended in input order are saved, so a resumed
+        # job skips exactly the records its checkpoint vouches for.
+        groups = (runner.stream(records, info.seed, first + len(lines)) if getattr(runner, "streams", False)
+                  else _chunks(runner, records, info.seed, first + len(lines)))
         last_flush, flush_cost, pending = time.monotonic(), 0.0, False
-        while True:
-            chunk = list(itertools.islice(records, size))
-            ending = ("done" if not chunk else "stop" if ctx.should_stop()
-                      else "timeout" if utcnow() > info.deadline else None)
-            if pending and (ending or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
-                started = time.monotonic()
-                save()
-                last_flush, pending = time.monotonic(), False
-                flush_cost = last_flush - started
-            if ending:
-                return ending
-            done, signal = runner.run(chunk, info.seed, first + len(lines))
-            for line, tokens_in, tokens_out in done:
-                lines.append(json.dumps(line, ensure_ascii=False) + "\n")
-                counts["processedRecordCount"] += 1
-                counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
-                counts["inputTokenCount"] += tokens_in
-                counts["outputTokenCount"] += tokens_out
-            pending = pending or bool(done)
-            if signal is not None:
-                if pending:
+        with contextlib.closing(groups):  # an early end closes the stream: the engine aborts what runs
+            while True:
+                ending = "stop" if ctx.should_stop() else "timeout" if utcnow() > info.deadline else None
+                if ending is None:
+                    done, signal = next(groups, ([], "done"))
+                    ending = signal
+                    for line, tokens_in, tokens_out in done:
+                        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+                        counts["processedRecordCount"] += 1
+                        counts["errorRecordCount" if "error" in line else "successRecordCount"] += 1
+                        counts["inputTokenCount"] += tokens_in
+                        counts["outputTokenCount"] += tokens_out
+                    pending = pending or bool(done)
+                if pending and (ending is not None or time.monotonic() - last_flush >= FLUSH_SHARE * flush_cost):
+                    started = time.monotonic()
                     save()
-                return signal
+                    last_flush, pending = time.monotonic(), False
+                    flush_cost = last_flush - started
+                if ending is not None:
+                    return ending
 
     def _end_as(self, ctx: JobContext, action: str, message: str = ""):
         """End the job early as `action` says, through the path of its real cause: "stopped" (the

@@ -19,6 +19,12 @@ without training again. Failed and Stopped delete them in the transaction that e
 taken back also removes what its lost attempt's cut writes left under its own keys (storage
 `sweep_temporary`).
 
+LoRA. A job with loraRank > 0 on a foundation model keeps its adapter: the stored model is the PEFT
+adapter folder (adapter_config.json, adapter_model.safetensors, the tokenizer) and the custom model's
+body names its base (`_adapterBase`, the foundation model id; jobs/model_sources.py runs it on that
+base). On a custom model as base (a model customized again), the LoRA is merged and the model is
+whole, as full fine-tunes (loraRank 0) always are. Every customization type follows this.
+
 Distillation. A DISTILLATION job first has its teacher answer the prompts (jobs/handlers/distillation.py:
 validation reads and checks the prompts, data processing is the teacher's work), then trains the
 student on the answers as a fine-tuning job trains on its data; the model it makes is the student's."""
@@ -49,7 +55,8 @@ from bedrock_local.jobs.artifacts import (
     write_manifest,
 )
 from bedrock_local.jobs.lifecycle import is_final, move, update_body
-from bedrock_local.jobs.model_sources import ModelSource, local_path
+from bedrock_local.engine.adapters import ADAPTER_CONFIG
+from bedrock_local.jobs.model_sources import ADAPTER_BASE_MEMBER, ModelSource, local_path
 from bedrock_local.jobs.protocol import Handler, JobContext, JobStopped, LeaseLost
 from bedrock_local.storage import ObjectStore, S3Location, StorageError
 from bedrock_local.storage.folder import FolderStore, temporary_name
@@ -347,7 +354,11 @@ class CustomizationHandler(Handler):
             self._set_phase(ctx, "validationDetails", "Completed")
             self._set_phase(ctx, "dataProcessingDetails", "InProgress")
         ctx.check()
-        base = local_path(ModelSource.from_json(body["_model"]), ctx.settings, ctx.objects)
+        base_source = ModelSource.from_json(body["_model"])
+        base = local_path(base_source, ctx.settings, ctx.objects)
+        # a LoRA on a foundation model stays an adapter of it; on a custom model it is merged (an adapter
+        # is always of a foundation model, which every region and host has)
+        adapter_base = base_source.foundation_model_id if config.lora_rank > 0 else None
         checkpoints, metrics = self._restore_checkpoint(ctx, work / "checkpoints", root)
         self._set_phase(ctx, "dataProcessingDetails", "Completed")
         self._set_phase(ctx, "trainingDetails", "InProgress")
@@ -370,7 +381,8 @@ class CustomizationHandler(Handler):
             # the last checkpoint recorded, which this worker could no longer record anyway.
             result = training.train(base, train_records, validation_records or None, config, work / "model",
                                     checkpoints, on_step=on_step, should_stop=stop,
-                                    on_checkpoint=lambda path: uploads.submit(path, metrics), save_on_stop=False)
+                                    on_checkpoint=lambda path: uploads.submit(path, metrics), save_on_stop=False,
+                                    adapter_base=adapter_base)
         except training.DataError as exc:
             raise CustomizationFailed(f"Invalid training data: {exc}")
         finally:
@@ -481,24 +493,26 @@ class CustomizationHandler(Handler):
                              "validationLoss": result.validation_loss})
         self._discard_checkpoints(ctx, root, work)
         shutil.rmtree(work, ignore_errors=True)  # the stored model is what a retry registers
-        self._register(ctx, target, result.training_loss, result.validation_loss)
+        self._register(ctx, target, result.training_loss, result.validation_loss, adapter=ADAPTER_CONFIG in files)
 
     def _register_published(self, ctx: JobContext, root: S3Location, work: Path) -> None:
         """An earlier attempt stored the model and recorded it, then was lost: register that model."""
         target = S3Location.parse(ctx.checkpoint["published"])
         try:
-            read_manifest(ctx.objects, target)
+            files = read_manifest(ctx.objects, target)
         except (StorageError, ValueError, KeyError) as exc:
             raise CustomizationFailed(f"The trained model stored at {target.uri} by an earlier attempt of this "
                                       f"job is no longer whole ({exc}).")
         log.info("job %s: registering the model stored by an earlier attempt at %s", ctx.claim.job_pk, target.uri)
         self._discard_checkpoints(ctx, root, work)  # a kill while they were being deleted left some
         shutil.rmtree(work, ignore_errors=True)
-        self._register(ctx, target, ctx.checkpoint.get("trainingLoss"), ctx.checkpoint.get("validationLoss"))
+        self._register(ctx, target, ctx.checkpoint.get("trainingLoss"), ctx.checkpoint.get("validationLoss"),
+                       adapter=ADAPTER_CONFIG in files)
 
-    def _register(self, ctx: JobContext, target: S3Location, training_loss, validation_loss) -> None:
+    def _register(self, ctx: JobContext, target: S3Location, training_loss, validation_loss, *, adapter: bool) -> None:
         """The stored model at `target` becomes a custom model, Active, and the job Completed, in one
-        transaction (or no model, on a Stop or a name taken meanwhile)."""
+        transaction (or no model, on a Stop or a name taken meanwhile). `adapter`: the stored model is a
+        LoRA adapter of the job's base foundation model."""
         validation_metrics = [{"validationLoss": validation_loss}] if validation_loss is not None else []
         with ctx.session() as session:
             job = ctx.resource(session)
@@ -520,7 +534,8 @@ class CustomizationHandler(Handler):
                        "outputDataConfig": body["outputDataConfig"],
                        "trainingMetrics": {"trainingLoss": training_loss}, "validationMetrics": validation_metrics,
                        "ownerAccountId": account, "modelKmsKeyArn": body.get("outputModelKmsKeyArn"),
-                       "_artifacts": target.uri}
+                       "_artifacts": target.uri,
+                       ADAPTER_BASE_MEMBER: ModelSource.from_json(body["_model"]).foundation_model_id if adapter else None}
             resources.insert(session, kind=MODEL_KIND, account=account, region=region, resource_id=model_id,
                              arn=model_arn, name=body["outputModelName"], unique_name=body["outputModelName"],
                              status="Active", ref_arn=body["baseModelArn"], origin_arn=body["_foundationModelArn"],

@@ -31,72 +31,204 @@ class LoadFailed(Exception):
 
 
 class Served:
-    """One loaded model: a continuous batcher for a text model, an embedder for an embedding one."""
+    """One loaded model: a text engine (a ContinuousBatcher on transformers, a VllmServer on vLLM, or
+    an AdapterEngine on a shared VllmServer for a LoRA custom model) or an embedder for an embedding one.
+    `shared`: the hold on a vLLM engine this node shares between the models it serves (`SHARED`), None
+    for an engine of its own."""
 
     def __init__(self, source: ModelSource, kind: str):
         self.source = source
         self.kind = kind
         self.engine = None
-        self.size = 0  # bytes of its weights; 0 for an engine without weights
+        self.size = 0  # bytes of its weights (and a vLLM engine's KV cache); 0 for an engine without weights
+        self.base = None  # the engine load_engine loaded (an adapter's base engine; else `engine` itself)
+        self.shared: SharedHold | None = None
+
+    @property
+    def memory_key(self):
+        """What its memory is counted under: one shared engine's memory is counted once for all its holders."""
+        return self.shared.key if self.shared is not None else id(self)
 
     def close(self, drain: bool = True) -> None:
-        if self.kind != KIND_EMBEDDING:
-            self.engine.close(drain=drain)
+        if self.kind == KIND_EMBEDDING:
+            return
+        if self.shared is not None:
+            if self.engine is not self.shared.engine:
+                self.engine.close(drain=drain)  # an AdapterEngine: takes no more requests; its base stays
+            self.shared.release(drain)  # the shared engine closes with its last holder
+            return
+        self.engine.close(drain=drain)
+        if self.base is not None and self.base is not self.engine:
+            self.base.close(drain=drain)  # an adapter's base engine of its own (a Provisioned Throughput's)
 
 
 def load_served(source: ModelSource, settings: Settings, objects: ObjectStore, max_batch: int | None = None) -> Served:
     """Fetch the weights, load the model and check that it answers (blocking: run it in a thread).
     An engine without weights (engine/stub_models.py) is built by load_engine at once: nothing to
-    fetch, load, check or measure. `max_batch`: the most requests its batcher generates for at once
-    (a Provisioned Throughput's slots); None: the device's default."""
+    fetch, load, check or measure. `max_batch`: the most requests its engine generates for at once
+    (a Provisioned Throughput's slots: such a model gets an engine of its own); None: the device's
+    default, and on vLLM the engine of the same folder other models of this node already use, if any
+    (a LoRA custom model is served on its base's engine: load_engine hands `load` the base's folder)."""
     served = Served(source, KIND_EMBEDDING if source.kind == KIND_EMBEDDING else "text")
 
     def load(path):
         from bedrock_local.engine.model_cache import model_bytes
 
-        engine = _load_weights(source, path, max_batch)
-        if served.kind != KIND_EMBEDDING:
-            _check_answers(engine)
-        served.size = model_bytes(engine.model)
+        engine, served.shared = _load_weights(source, path, settings, max_batch)
+        served.base = engine
+        served.size = engine.memory_bytes() if hasattr(engine, "memory_bytes") else model_bytes(engine.model)
         return engine
 
     try:
         served.engine = load_engine(source, settings, objects, load)
     except ModelFilesUnavailable as exc:
         raise LoadFailed(f"The model's files could not be fetched: {exc}") from exc
+    if served.kind != KIND_EMBEDDING and served.base is not None:  # weights were loaded: they must answer
+        try:
+            _check_answers(served.engine)
+        except LoadFailed:
+            served.close(drain=False)
+            raise
     return served
 
 
-def _load_weights(source: ModelSource, path, max_batch: int | None = None):
-    """An Embedder (checked with one request) or a started ContinuousBatcher for the weights at `path`."""
-    import torch
+def _load_weights(source: ModelSource, path, settings: Settings, max_batch: int | None = None):
+    """(engine, shared hold or None) for the weights at `path`: an Embedder (checked with one request),
+    or a started text engine of the backend backends.choose picks under `--engine`: a VllmServer (shared
+    through SHARED unless `max_batch` asks for one of its own) or a ContinuousBatcher."""
+    from bedrock_local.engine import backends
 
+    try:
+        if source.kind == KIND_EMBEDDING:
+            return _load_embedder(path), None
+        backend = backends.choose(settings.engine, path)
+    except Exception as exc:
+        raise LoadFailed(f"The model could not be loaded: {exc}") from exc
+    if backend == backends.VLLM:
+        if max_batch is None:
+            hold = SHARED.hold(path, settings.vllm_kv_cache_gib)
+            return hold.engine, hold
+        return _start_vllm(path, settings.vllm_kv_cache_gib, max_batch), None
+    return _start_batcher(path, max_batch), None
+
+
+def _load_embedder(path):
+    from bedrock_local.engine.embeddings import Embedder
     from bedrock_local.engine.formats import EmbeddingRequest
     from bedrock_local.engine.generation import default_device
+    from bedrock_local.engine.loading import load_embedding_model
+
+    device = default_device()
+    embedder = Embedder(load_embedding_model(path, device=device), device=device)
+    embedder.embed([EmbeddingRequest(text="ping")])
+    return embedder
+
+
+def _start_batcher(path, max_batch: int | None):
+    import torch
+
+    from bedrock_local.engine.continuous import ContinuousBatcher
+    from bedrock_local.engine.generation import default_device
+    from bedrock_local.engine.loading import load_causal_lm
 
     device = default_device()
     try:
-        if source.kind == KIND_EMBEDDING:
-            from bedrock_local.engine.embeddings import Embedder
-            from bedrock_local.engine.loading import load_embedding_model
-
-            embedder = Embedder(load_embedding_model(path, device=device), device=device)
-            embedder.embed([EmbeddingRequest(text="ping")])
-            return embedder
-        from bedrock_local.engine.continuous import ContinuousBatcher
-        from bedrock_local.engine.loading import load_causal_lm
-
         model, tokenizer = load_causal_lm(path, dtype=torch.float32, device=device)
         batcher = ContinuousBatcher(model, tokenizer, device=device, max_batch=max_batch)
-        batcher.start()
-        return batcher
     except Exception as exc:
         raise LoadFailed(f"The model could not be loaded: {exc}") from exc
+    batcher.start()
+    return batcher
 
 
-def _check_answers(batcher) -> None:
-    """A freshly loaded text model must answer one request (else it is closed and LoadFailed)."""
-    from bedrock_local.engine.continuous import Failed, Finished
+def _start_vllm(path, kv_cache_gib: float, max_batch: int | None):
+    from bedrock_local.engine.vllm_serving import VllmServer
+
+    try:
+        server = VllmServer(path, kv_cache_gib=kv_cache_gib, max_batch=max_batch)
+        server.start()
+    except Exception as exc:
+        raise LoadFailed(f"The model could not be loaded on vLLM: {exc}") from exc
+    return server
+
+
+class SharedHold:
+    """One holder's use of a shared vLLM engine; `release` it once (again does nothing)."""
+
+    def __init__(self, registry: SharedEngines, key: tuple, engine):
+        self.registry, self.key, self.engine = registry, key, engine
+        self.released = False
+
+    def release(self, drain: bool = True) -> None:
+        if not self.released:
+            self.released = True
+            self.registry._release(self.key, drain)
+
+
+class _SharedEntry:
+    def __init__(self):
+        self.building = threading.Lock()  # held while the engine starts: other holders of it wait
+        self.engine = None
+        self.holders = 0
+
+
+class SharedEngines:
+    """The vLLM engines of this process (a serving node), one per model folder and KV-cache size, each
+    with the count of the models served on it: deployments and on-demand calls of one model, and every
+    LoRA custom model of that base, share one engine (one copy of the weights, one KV cache). The engine
+    closes when its last holder releases it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, _SharedEntry] = {}
+
+    def hold(self, path, kv_cache_gib: float) -> SharedHold:
+        """A hold on the started engine of `path` (started now if none runs; LoadFailed if it cannot)."""
+        from pathlib import Path
+
+        key = (str(Path(path).resolve()), float(kv_cache_gib))
+        with self._lock:
+            entry = self._entries.setdefault(key, _SharedEntry())
+            entry.holders += 1
+        try:
+            with entry.building:
+                if entry.engine is None:
+                    entry.engine = _start_vllm(path, kv_cache_gib, None)
+                    log.info("vLLM engine of %s started for this node's models", Path(path).name)
+                else:
+                    log.info("vLLM engine of %s shared: %d models on it", Path(path).name, entry.holders)
+        except BaseException:
+            self._release(key, drain=False, entry=entry)
+            raise
+        return SharedHold(self, key, entry.engine)
+
+    def holders(self, path, kv_cache_gib: float) -> int:
+        from pathlib import Path
+
+        with self._lock:
+            entry = self._entries.get((str(Path(path).resolve()), float(kv_cache_gib)))
+            return entry.holders if entry is not None else 0
+
+    def _release(self, key: tuple, drain: bool, entry: _SharedEntry | None = None) -> None:
+        with self._lock:
+            entry = entry or self._entries.get(key)
+            if entry is None:
+                return
+            entry.holders -= 1
+            last = entry.holders <= 0
+            if last and self._entries.get(key) is entry:
+                del self._entries[key]  # a later hold starts a new engine
+        if last and entry.engine is not None:
+            log.info("vLLM engine of %s: its last model was unloaded; stopping it", key[0].rsplit("/", 1)[-1])
+            entry.engine.close(drain=drain)
+
+
+SHARED = SharedEngines()  # this process's; a serving node is one process
+
+
+def _check_answers(engine) -> None:
+    """A freshly loaded text model must answer one request (else LoadFailed; the caller closes it)."""
+    from bedrock_local.engine.streaming import Failed, Finished
     from bedrock_local.engine.formats import TextRequest
 
     answered = threading.Event()
@@ -108,13 +240,11 @@ def _check_answers(batcher) -> None:
             answered.set()
 
     try:
-        batcher.submit(TextRequest(messages=None, prompt="Hello", system=None, max_tokens=1, temperature=0.0,
-                                   top_p=1.0), on_event)
+        engine.submit(TextRequest(messages=None, prompt="Hello", system=None, max_tokens=1, temperature=0.0,
+                                  top_p=1.0), on_event)
     except Exception as exc:
-        batcher.close(drain=False)
         raise LoadFailed(f"The model loaded but cannot take a request: {exc}") from exc
     if not answered.wait(SMOKE_TIMEOUT) or not isinstance(outcome[0], Finished):
-        batcher.close(drain=False)
         why = outcome[0].message if outcome else f"no answer within {SMOKE_TIMEOUT:.0f} s"
         raise LoadFailed(f"The model loaded but did not answer a test request: {why}")
 

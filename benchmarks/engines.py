@@ -398,7 +398,7 @@ def lora_child(spec: dict) -> dict:
     from bedrock_local.engine.formats import TextRequest
     from bedrock_local.engine.vllm_serving import VllmServer
 
-    server = VllmServer.from_folder(Path(spec["model_dir"]), kv_cache_gib=KV_CACHE_GIB, max_batch=MAX_SEQS)
+    server = VllmServer(Path(spec["model_dir"]), kv_cache_gib=KV_CACHE_GIB, max_batch=MAX_SEQS)
     server.start()
     adapters = [None] if not spec["adapters"] else spec["adapters"]
     done = threading.Semaphore(0)

@@ -173,7 +173,7 @@ def test_model_import_jobs_at_aws_default_and_custom_models(make_server, tiny_mo
     assert "'Concurrent model import jobs' of 1" in message and "1 custom models are being imported" in message
     import_model(server, server.client(region="eu-west-1"), tiny_model_dir, "elsewhere")  # per region
 
-    server.extra_args = [*server.extra_args, "--quota", "custom-models=2"]
+    server.extra_args = ["--quota", "custom-models=2"]
     server.restart()
     import_model(server, bedrock, tiny_model_dir, "second")
     message = quota_message(import_model, server=server, client=bedrock, folder=tiny_model_dir, name="third")
@@ -201,7 +201,7 @@ def test_copies_and_deployments(make_server, tiny_model_dir):
     east.delete_custom_model_deployment(customModelDeploymentIdentifier=first)
     east.create_custom_model_deployment(modelDeploymentName="dep-2", modelArn=model)
 
-    server.extra_args = [*server.extra_args, "--serving-workers", "0", "--quota", "deployments=2"]
+    server.extra_args = ["--serving-workers", "0", "--quota", "deployments=2"]
     server.restart()
     east.create_custom_model_deployment(modelDeploymentName="dep-3", modelArn=model)
     message = quota_message(east.create_custom_model_deployment, modelDeploymentName="dep-4", modelArn=model)

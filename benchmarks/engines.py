@@ -78,6 +78,11 @@ def tree_hwm(pid: int) -> int:
 
 def vllm_offline_child(spec: dict) -> dict:
     from transformers import AutoTokenizer
+
+    if spec.get("same_environment"):  # the environment bedrock-local's engines start in
+        from bedrock_local.engine.vllm_engine import prepare_environment
+
+        prepare_environment()
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -139,7 +144,7 @@ def job_rows(engine: str, prompts: list[str], new_tokens: int, cache_dir: Path, 
     try:
         bedrock = server.client()
         for name in ("cold", "warm"):
-            say(f"  job on --engine {engine}, {name} [load average {loadavg()}] ...")
+            say(f"  job on --engine {engine}, {name} (load average {loadavg()}) ...")
             job = run_job(server, bedrock, MODEL_ID, prompts, new_tokens, f"bench-{engine}-{name}-"
                           f"{uuid.uuid4().hex[:6]}", 0.5)
             rows[name] = {"seconds": job["seconds"], "tokens": job["manifest"]["outputTokenCount"],
@@ -158,10 +163,13 @@ def main_batch(args, console) -> int:
     prompts = make_prompts(args.records)
     spec = {"model_dir": str(model_dir), "prompts": prompts, "new_tokens": args.new_tokens}
     with work_dir("bedrock-local-bench-engines-", args.keep, console.print) as work:
-        console.print(f"vLLM offline LLM.generate [load average {loadavg()}] ...")
-        offline = run_child("vllm", spec, work)
+        console.print(f"vLLM offline LLM.generate, vLLM's default environment (load average {loadavg()}) ...")
+        default = run_child("vllm", spec, work)
+        console.print(f"vLLM offline LLM.generate, bedrock-local's vLLM environment (load average {loadavg()}) ...")
+        offline = run_child("vllm", {**spec, "same_environment": True}, work)
         job_vllm = job_rows("vllm", prompts, args.new_tokens, args.cache_dir, work, console.print)
         rows = [("vLLM offline LLM.generate (float32, eager)", offline["cold"], offline["warm"], offline["peak_rss"]),
+                ("  the same, vLLM's default environment", default["cold"], default["warm"], default["peak_rss"]),
                 ("job through the API, --engine vllm", job_vllm["cold"], job_vllm["warm"],
                  max(job_vllm["cold"]["peak_rss"], job_vllm["warm"]["peak_rss"]))]
         if not args.no_reference:
@@ -169,7 +177,7 @@ def main_batch(args, console) -> int:
             rows.append(("job through the API, --engine transformers (float32)", job_tf["cold"], job_tf["warm"],
                          max(job_tf["cold"]["peak_rss"], job_tf["warm"]["peak_rss"])))
             for dtype in ("float32", "bfloat16"):
-                console.print(f"transformers TextGenerator.generate, {dtype} [load average {loadavg()}] ...")
+                console.print(f"transformers TextGenerator.generate, {dtype} (load average {loadavg()}) ...")
                 tf = run_child("transformers", {**spec, "dtype": dtype}, work)
                 cold = {"seconds": tf["seconds"] + tf["load_s"], "tokens": tf["tokens"]}
                 rows.append((f"transformers TextGenerator.generate, padded batches of 32 ({dtype})", cold,
@@ -188,8 +196,12 @@ def main_batch(args, console) -> int:
                       f"{cold_tps / base_cold:.2f}x", f"{warm['seconds']:.1f}", f"{warm_tps:.1f}",
                       f"{warm_tps / base_warm:.2f}x", f"{rss / 2 ** 20:,.0f}")
     console.print(table)
+    from bedrock_local.engine.vllm_engine import SMALL_MACHINE_CORES
+
     console.print(f"vLLM offline start-up (LLM()): {offline['start_s']:.1f} s; load average now {loadavg()}; "
-                  f"cpus {os.cpu_count()}")
+                  f"cpus {os.cpu_count()}. bedrock-local's vLLM environment: up to {SMALL_MACHINE_CORES} cores, "
+                  f"VLLM_CPU_NUM_OF_RESERVED_CPU=0 (vLLM's default keeps one core for its scheduler); the vLLM "
+                  f"offline row runs in it, the row below it in vLLM's default")
     return 0
 
 
@@ -326,7 +338,7 @@ def main_serving(args, console) -> int:
             console.print("warming bedrock-local's serving node (the first call loads the model) ...")
             converse_stream_client(boto_client(), prompts[0], 8)
             for clients in args.clients:
-                console.print(f"  bedrock-local ConverseStream, {clients} clients [load average {loadavg()}] ...")
+                console.print(f"  bedrock-local ConverseStream, {clients} clients (load average {loadavg()}) ...")
                 cells[("bedrock-local", clients)] = run_cell(
                     boto_client, lambda c, p: converse_stream_client(c, p, args.max_tokens), prompts, clients,
                     args.seconds)
@@ -344,7 +356,7 @@ def main_serving(args, console) -> int:
             openai_stream_client(openai_client(), "smollm2", prompts[0], 8)
             for clients in args.clients:
                 console.print(f"  vllm serve streaming chat completions, {clients} clients "
-                              f"[load average {loadavg()}] ...")
+                              f"(load average {loadavg()}) ...")
                 cells[("vllm serve", clients)] = run_cell(
                     openai_client, lambda c, p: openai_stream_client(c, "smollm2", p, args.max_tokens), prompts,
                     clients, args.seconds)
@@ -398,7 +410,8 @@ def lora_child(spec: dict) -> dict:
     from bedrock_local.engine.formats import TextRequest
     from bedrock_local.engine.vllm_serving import VllmServer
 
-    server = VllmServer(Path(spec["model_dir"]), kv_cache_gib=KV_CACHE_GIB, max_batch=MAX_SEQS)
+    server = VllmServer(Path(spec["model_dir"]), kv_cache_gib=KV_CACHE_GIB, max_batch=MAX_SEQS,
+                        enable_lora=spec["enable_lora"])
     server.start()
     adapters = [None] if not spec["adapters"] else spec["adapters"]
     done = threading.Semaphore(0)
@@ -441,16 +454,20 @@ def main_multi_lora(args, console) -> int:
     prompts = make_prompts(args.requests)
     spec = {"model_dir": str(model_dir), "prompts": prompts, "new_tokens": args.new_tokens}
     with work_dir("bedrock-local-bench-engines-lora-", args.keep, console.print) as work:
-        console.print(f"base model alone [load average {loadavg()}] ...")
-        alone = run_child("lora", {**spec, "adapters": []}, work)
-        console.print(f"{len(adapters)} adapters [load average {loadavg()}] ...")
-        many = run_child("lora", {**spec, "adapters": [str(a) for a in adapters]}, work)
+        console.print("base model alone, on an engine without LoRA (a plain model's engine) ...")
+        alone = run_child("lora", {**spec, "adapters": [], "enable_lora": False}, work)
+        console.print("base model alone, on an engine with LoRA enabled (an adapters' engine) ...")
+        alone_lora = run_child("lora", {**spec, "adapters": [], "enable_lora": True}, work)
+        console.print(f"{len(adapters)} adapters ...")
+        many = run_child("lora", {**spec, "adapters": [str(a) for a in adapters], "enable_lora": True}, work)
     table = Table(title=f"Multi-LoRA on one vLLM engine (VllmServer), SmolLM2-135M, {args.requests} requests x up to "
                         f"{args.new_tokens} tokens, greedy", title_justify="left")
     for column in ("models", "output tokens", "seconds", "output tok/s", "vs base alone", "peak RSS MiB",
                    "memory vs base alone"):
         table.add_column(column, justify="left" if column == "models" else "right")
-    for label, row in (("base model alone", alone), (f"{len(adapters)} LoRA adapters of it, round-robin", many)):
+    for label, row in (("base model alone (engine without LoRA)", alone),
+                       ("base model alone (engine with LoRA enabled)", alone_lora),
+                       (f"{len(adapters)} LoRA adapters of it, round-robin (engine with LoRA)", many)):
         tps = row["tokens"] / row["seconds"]
         table.add_row(label, f"{row['tokens']:,}", f"{row['seconds']:.1f}", f"{tps:.1f}",
                       f"{tps / (alone['tokens'] / alone['seconds']):.2f}x", f"{row['peak_rss'] / 2 ** 20:,.0f}",

@@ -54,10 +54,12 @@ class ModelCache:
         self._sizes: dict[tuple[str, Path], int] = {}  # measured sizes, also of evicted models
         self._lock = threading.RLock()
 
-    def text_generator(self, source: Path, *, engine: str = "transformers", kv_cache_gib: float = 2.0):
+    def text_generator(self, source: Path, *, engine: str = "transformers", kv_cache_gib: float = 2.0,
+                       adapters: bool = False):
         """The TextGenerator (transformers) or VllmGenerator of the model at `source`, as
         backends.choose(engine, source) says (GGUF files and models vLLM cannot run fall back to
-        transformers under auto)."""
+        transformers under auto). `adapters`: a vLLM engine that runs LoRA adapters of the model (LoRA
+        enabled, kept apart from the plain engine of the same model, which runs faster without it)."""
         from .backends import VLLM, choose
 
         source = Path(source)
@@ -65,10 +67,10 @@ class ModelCache:
 
         def load(path: Path):
             log.info("text model %s loads on %s (--engine %s)", path.name, backend, engine)
-            return _load_vllm(path, kv_cache_gib) if backend == VLLM else self._load_text(path)
+            return _load_vllm(path, kv_cache_gib, adapters) if backend == VLLM else self._load_text(path)
 
         if backend == VLLM:
-            return self._get(f"{KIND_TEXT}:{VLLM}", source, load,
+            return self._get(f"{KIND_TEXT}:{VLLM}" + (":lora" if adapters else ""), source, load,
                              estimate=estimate_model_bytes(source) + int(kv_cache_gib * 1024 ** 3))
         return self._get(KIND_TEXT, source, load)
 
@@ -133,10 +135,10 @@ class ModelCache:
 # --------------------------------------------------------------------------------------------
 
 
-def _load_vllm(source: Path, kv_cache_gib: float):
+def _load_vllm(source: Path, kv_cache_gib: float, adapters: bool = False):
     from .vllm_batch import VllmGenerator
 
-    return VllmGenerator(source, kv_cache_gib=kv_cache_gib)
+    return VllmGenerator(source, kv_cache_gib=kv_cache_gib, enable_lora=adapters)
 
 
 def _close(value) -> None:

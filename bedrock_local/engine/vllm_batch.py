@@ -12,8 +12,9 @@ what they mean on transformers.
   batch boundary. Closing the generator aborts what is still running.
 - `generate(requests)` is TextGenerator.generate's contract (one result per request, in order) over
   `stream`.
-- `adapters = True`: a LoRA adapter folder (`adapter=`) runs on this engine as a LoRARequest
-  (jobs/model_sources.load_engine hands it here instead of loading a merged model).
+- `adapters` (built with `enable_lora=True`): a LoRA adapter folder (`adapter=`) runs on this engine as
+  a LoRARequest (jobs/model_sources.load_engine hands it here instead of loading a merged model). Only
+  engines loaded for adapters enable LoRA: it slows every request of the engine (benchmarks/README.md).
 - `close()` shuts the engine down (its processes and its KV cache); the model cache counts it as its
   weights (estimated from the files at `weight_element_bytes` each) + `kv_cache_bytes`.
 
@@ -44,10 +45,8 @@ ELEMENT_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 class VllmGenerator(PromptRules):
     """Generates text for requests with one model folder on a vLLM engine (LoRA adapters enabled)."""
 
-    adapters = True
-
     def __init__(self, path: Path, *, kv_cache_gib: float = 2.0, dtype: str = "float32",
-                 max_num_seqs: int | None = None):
+                 max_num_seqs: int | None = None, enable_lora: bool = False):
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.v1.engine.llm_engine import LLMEngine
 
@@ -59,7 +58,8 @@ class VllmGenerator(PromptRules):
         super().__init__(AutoTokenizer.from_pretrained(self.path), AutoConfig.from_pretrained(self.path),
                          generation_config)
         args = vllm_engine.engine_args(self.path, kv_cache_gib=kv_cache_gib, dtype=dtype, max_num_seqs=max_num_seqs,
-                                       enable_lora=True)
+                                       enable_lora=enable_lora)
+        self.adapters = enable_lora  # runs LoRA adapters (adapter=); LoRA costs base requests speed on vLLM
         self.max_num_seqs = args.max_num_seqs
         with vllm_engine.starting_children():
             self.engine = LLMEngine.from_engine_args(args)

@@ -37,11 +37,18 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+SMALL_MACHINE_CORES = 4  # up to this many cores, vLLM's CPU backend computes on all of them
+
+
 def prepare_environment() -> None:
     """Environment vLLM reads in this process and in the processes it starts: the library's usage
-    report off (nothing leaves the machine)."""
+    report off (nothing leaves the machine); on a machine of few cores, no core kept back for vLLM's
+    scheduler process (by default its CPU backend reserves one, which on 2 cores halves the cores
+    that compute: benchmarks/README.md, "engines.py"). A value the user set wins."""
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    if (os.cpu_count() or 1) <= SMALL_MACHINE_CORES:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
 
 def engine_args(path: Path, *, kv_cache_gib: float, dtype: str = "float32", max_num_seqs: int | None = None,

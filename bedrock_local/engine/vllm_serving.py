@@ -73,10 +73,8 @@ class VllmServer(TokenEvents):
     server's loop thread), `close` to drain or drop what is left and shut the engine down.
     `max_batch`: the most requests generated for at once (vLLM's max_num_seqs)."""
 
-    adapters = True  # submit takes adapter= (a LoRA folder), served on this engine's weights
-
     def __init__(self, path: Path, *, kv_cache_gib: float = 2.0, max_batch: int | None = None,
-                 dtype: str = "float32", enforce_eager: bool = True):
+                 dtype: str = "float32", enforce_eager: bool = True, enable_lora: bool = False):
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         self.path = Path(path)
@@ -91,7 +89,10 @@ class VllmServer(TokenEvents):
         self.max_batch = max(1, max_batch or vllm_engine.DEFAULT_MAX_SEQS[self.device])
         self._args = vllm_engine.engine_args(self.path, kv_cache_gib=kv_cache_gib, dtype=dtype,
                                              max_num_seqs=self.max_batch, enforce_eager=enforce_eager,
-                                             enable_lora=True)
+                                             enable_lora=enable_lora)
+        # submit takes adapter= (a LoRA folder) on an engine built for adapters; LoRA slows every request
+        # of an engine, so engines of plain models run without it
+        self.adapters = enable_lora
         self._args.disable_log_stats = True  # its periodic throughput lines would flood the node's log
         self._args.enable_log_requests = False  # AsyncEngineArgs' field, read by AsyncLLM.from_engine_args
         self._cond = threading.Condition()

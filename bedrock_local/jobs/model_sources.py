@@ -106,7 +106,9 @@ def load_engine(source: ModelSource, settings: Settings, objects: ObjectStore, l
     them is ModelFilesUnavailable). Batch jobs load through the worker's model cache, serving
     nodes into a continuous batcher: each passes its own `load`.
 
-    A LoRA adapter source: its base is loaded with `load(base path)`, and when that engine takes
+    A LoRA adapter source: its base is loaded with `load(base path, adapters=True)` (a vLLM engine
+    then runs with LoRA enabled, which costs base requests speed, so engines of plain models run
+    without), and when that engine takes
     adapters per request (`adapters = True`: a vLLM engine) the answer is an AdapterEngine on it (the
     base engine stays the loader's to close: the worker's cache, the serving node's registry).
     Otherwise `load(adapter path)`, which the transformers loader answers with the adapter merged
@@ -124,7 +126,7 @@ def load_engine(source: ModelSource, settings: Settings, objects: ObjectStore, l
         raise ModelFilesUnavailable(str(exc)) from exc
     if base is None or not _may_take_adapters(settings, base):
         return load(path)
-    engine = load(base)
+    engine = load(base, adapters=True)
     if getattr(engine, "adapters", False):
         from bedrock_local.engine.adapters import AdapterEngine
 

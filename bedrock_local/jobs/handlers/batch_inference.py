@@ -132,9 +132,11 @@ class RecordRunner:
         self.body_format = body_format(source)
         self.model_id = source.foundation_model_id or source.reference
         self.model = load_engine(source, settings, objects,
-                                 lambda path: (model_cache().text_generator(path, engine=settings.engine,
-                                                                            kv_cache_gib=settings.vllm_kv_cache_gib)
-                                               if source.kind == KIND_TEXT else model_cache().embedder(path)))
+                                 lambda path, adapters=False: (
+                                     model_cache().text_generator(path, engine=settings.engine,
+                                                                  kv_cache_gib=settings.vllm_kv_cache_gib,
+                                                                  adapters=adapters)
+                                     if source.kind == KIND_TEXT else model_cache().embedder(path)))
         # optional engine hooks: a look at each record before its chunk runs (it may fail the record
         # with a ModelCallError or end the job with a JobSignal), and the records per chunk it prefers
         self.check_record = getattr(self.model, "check_record", None)

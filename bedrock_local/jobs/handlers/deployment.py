@@ -71,10 +71,10 @@ def load_served(source: ModelSource, settings: Settings, objects: ObjectStore, m
     (a LoRA custom model is served on its base's engine: load_engine hands `load` the base's folder)."""
     served = Served(source, KIND_EMBEDDING if source.kind == KIND_EMBEDDING else "text")
 
-    def load(path):
+    def load(path, adapters: bool = False):
         from bedrock_local.engine.model_cache import model_bytes
 
-        engine, served.shared = _load_weights(source, path, settings, max_batch)
+        engine, served.shared = _load_weights(source, path, settings, max_batch, adapters)
         served.base = engine
         served.size = engine.memory_bytes() if hasattr(engine, "memory_bytes") else model_bytes(engine.model)
         return engine
@@ -92,7 +92,8 @@ def load_served(source: ModelSource, settings: Settings, objects: ObjectStore, m
     return served
 
 
-def _load_weights(source: ModelSource, path, settings: Settings, max_batch: int | None = None):
+def _load_weights(source: ModelSource, path, settings: Settings, max_batch: int | None = None,
+                  adapters: bool = False):
     """(engine, shared hold or None) for the weights at `path`: an Embedder (checked with one request),
     or a started text engine of the backend backends.choose picks under `--engine`: a VllmServer (shared
     through SHARED unless `max_batch` asks for one of its own) or a ContinuousBatcher."""
@@ -106,9 +107,9 @@ def _load_weights(source: ModelSource, path, settings: Settings, max_batch: int 
         raise LoadFailed(f"The model could not be loaded: {exc}") from exc
     if backend == backends.VLLM:
         if max_batch is None:
-            hold = SHARED.hold(path, settings.vllm_kv_cache_gib)
+            hold = SHARED.hold(path, settings.vllm_kv_cache_gib, adapters)
             return hold.engine, hold
-        return _start_vllm(path, settings.vllm_kv_cache_gib, max_batch), None
+        return _start_vllm(path, settings.vllm_kv_cache_gib, max_batch, adapters), None
     return _start_batcher(path, max_batch), None
 
 
@@ -141,11 +142,11 @@ def _start_batcher(path, max_batch: int | None):
     return batcher
 
 
-def _start_vllm(path, kv_cache_gib: float, max_batch: int | None):
+def _start_vllm(path, kv_cache_gib: float, max_batch: int | None, adapters: bool = False):
     from bedrock_local.engine.vllm_serving import VllmServer
 
     try:
-        server = VllmServer(path, kv_cache_gib=kv_cache_gib, max_batch=max_batch)
+        server = VllmServer(path, kv_cache_gib=kv_cache_gib, max_batch=max_batch, enable_lora=adapters)
         server.start()
     except Exception as exc:
         raise LoadFailed(f"The model could not be loaded on vLLM: {exc}") from exc
@@ -173,27 +174,28 @@ class _SharedEntry:
 
 
 class SharedEngines:
-    """The vLLM engines of this process (a serving node), one per model folder and KV-cache size, each
-    with the count of the models served on it: deployments and on-demand calls of one model, and every
-    LoRA custom model of that base, share one engine (one copy of the weights, one KV cache). The engine
-    closes when its last holder releases it."""
+    """The vLLM engines of this process (a serving node), one per model folder, KV-cache size and LoRA
+    setting, each with the count of the models served on it: deployments and on-demand calls of one
+    model share one engine, and every LoRA custom model of a base shares one engine with LoRA enabled
+    (LoRA slows every request of an engine, so the base's own deployments keep an engine without it).
+    The engine closes when its last holder releases it."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._entries: dict[tuple, _SharedEntry] = {}
 
-    def hold(self, path, kv_cache_gib: float) -> SharedHold:
+    def hold(self, path, kv_cache_gib: float, adapters: bool = False) -> SharedHold:
         """A hold on the started engine of `path` (started now if none runs; LoadFailed if it cannot)."""
         from pathlib import Path
 
-        key = (str(Path(path).resolve()), float(kv_cache_gib))
+        key = (str(Path(path).resolve()), float(kv_cache_gib), bool(adapters))
         with self._lock:
             entry = self._entries.setdefault(key, _SharedEntry())
             entry.holders += 1
         try:
             with entry.building:
                 if entry.engine is None:
-                    entry.engine = _start_vllm(path, kv_cache_gib, None)
+                    entry.engine = _start_vllm(path, kv_cache_gib, None, adapters)
                     log.info("vLLM engine of %s started for this node's models", Path(path).name)
                 else:
                     log.info("vLLM engine of %s shared: %d models on it", Path(path).name, entry.holders)
@@ -202,11 +204,11 @@ class SharedEngines:
             raise
         return SharedHold(self, key, entry.engine)
 
-    def holders(self, path, kv_cache_gib: float) -> int:
+    def holders(self, path, kv_cache_gib: float, adapters: bool = False) -> int:
         from pathlib import Path
 
         with self._lock:
-            entry = self._entries.get((str(Path(path).resolve()), float(kv_cache_gib)))
+            entry = self._entries.get((str(Path(path).resolve()), float(kv_cache_gib), bool(adapters)))
             return entry.holders if entry is not None else 0
 
     def _release(self, key: tuple, drain: bool, entry: _SharedEntry | None = None) -> None:

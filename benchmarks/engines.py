@@ -274,7 +274,7 @@ def run_cell(make_client, call, prompts: list[str], clients: int, seconds: float
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     firsts = [f for f, _ in results if f is not None]
     return {"requests": len(results), "tokens": sum(t for _, t in results), "wall": wall,
-            "ttft_p50": percentile(firsts, 50) if firsts else float("nan"), "client_cpu": cpu / wall}
+            "ttft_p50": percentile(firsts, 0.5) if firsts else float("nan"), "client_cpu": cpu / wall}
 
 
 def start_vllm_serve(model_dir: Path, port: int, log: Path):

@@ -21,6 +21,16 @@ DEFAULT_KEY = testing.ACCESS_KEY
 # one model cache for every server of the run, so the packaged GGUF is converted once, not per server
 SHARED_CACHE = Path(os.environ.get("BEDROCK_LOCAL_TEST_CACHE", Path(__file__).parent.parent / ".test-cache"))
 ACCOUNT, REGION = "123456789012", "us-east-1"  # the default access key's account and region
+# a tool's input schema the tool-use tests of both backends call
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+    "required": ["city", "unit", "days"],
+}
 # the moto S3 server's credentials, for servers and workers that use it
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 

@@ -14,20 +14,12 @@ from botocore.exceptions import ClientError
 from bedrock_local.api.validation import validation_message
 from bedrock_local.engine.stub_models import TEST_TEXT_MODEL
 from conftest import Server
+from conftest import WEATHER  # a tool input schema (the vLLM tests use it too)
 
 CLAUDE_ON_STUB = "anthropic.claude-tools-test-v1:0"
 TITAN_ON_STUB = "amazon.titan-tools-test-v1:0"
 AUTO_ONLY = "meta.auto-tools-test-v1:0"
 SMOLLM2 = "huggingface.smollm2-135m-instruct-v1:0"
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "unit", "days"],
-}
 SONG = {"type": "object", "properties": {"sign": {"type": "string"}}, "required": ["sign"]}
 TOOLS = [{"toolSpec": {"name": "get_weather", "description": "The weather in a city",
                        "inputSchema": {"json": WEATHER}}},

@@ -26,15 +26,7 @@ FINAL = {"Completed", "PartiallyCompleted", "Failed", "Stopped", "Expired"}
 VLLM_ARGS = ("--engine", "vllm", "--vllm-kv-cache-gib", "1")
 QUESTIONS = ["What is the capital of France?", "Name three colours.", "Write one sentence about the sea.",
              "What is 12 plus 30?", "Give a synonym of happy.", "Who wrote Hamlet?"]
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "unit", "days"],
-}
+from conftest import WEATHER  # noqa: E402  (the tool schema of test_tool_use)
 
 
 # ------------------------------------------------------------------------------------------

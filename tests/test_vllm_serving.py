@@ -26,15 +26,7 @@ pytestmark = pytest.mark.real_weights
 
 SMOLLM2 = "huggingface.smollm2-135m-instruct-v1:0"
 LOAD_TIMEOUT = 600  # seconds: a vLLM engine starts in 30-90 s here, more while other tests load the CPUs
-WEATHER = {
-    "type": "object",
-    "properties": {
-        "city": {"type": "string", "maxLength": 20},
-        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7},
-    },
-    "required": ["city", "unit", "days"],
-}
+from conftest import WEATHER  # noqa: E402  (the tool schema of test_tool_use)
 TOOLS = {"tools": [{"toolSpec": {"name": "get_weather", "description": "The weather in a city",
                                  "inputSchema": {"json": WEATHER}}}],
          "toolChoice": {"any": {}}}

@@ -47,16 +47,10 @@ class VllmGenerator(PromptRules):
 
     def __init__(self, path: Path, *, kv_cache_gib: float = 2.0, dtype: str = "float32",
                  max_num_seqs: int | None = None, enable_lora: bool = False):
-        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm.v1.engine.llm_engine import LLMEngine
 
         self.path = Path(path)
-        try:
-            generation_config = GenerationConfig.from_pretrained(self.path)
-        except OSError:
-            generation_config = None
-        super().__init__(AutoTokenizer.from_pretrained(self.path), AutoConfig.from_pretrained(self.path),
-                         generation_config)
+        super().__init__(*vllm_engine.rules_parts(self.path))
         args = vllm_engine.engine_args(self.path, kv_cache_gib=kv_cache_gib, dtype=dtype, max_num_seqs=max_num_seqs,
                                        enable_lora=enable_lora)
         self.adapters = enable_lora  # runs LoRA adapters (adapter=); LoRA costs base requests speed on vLLM

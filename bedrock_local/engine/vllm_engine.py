@@ -72,19 +72,23 @@ def engine_args(path: Path, *, kv_cache_gib: float, dtype: str = "float32", max_
     return EngineArgs(**options)
 
 
-def load_rules(path: Path):
-    """The PromptRules of the HF folder at `path` (tokenizer, config and generation config; no weights)."""
+def rules_parts(path: Path) -> tuple:
+    """What the PromptRules of the HF folder at `path` are built from: its tokenizer, config and
+    generation config (None when it has none); no weights are read."""
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-    from .generation import PromptRules
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    config = AutoConfig.from_pretrained(path)
     try:
         generation_config = GenerationConfig.from_pretrained(path)
     except OSError:
         generation_config = None
-    return PromptRules(tokenizer, config, generation_config)
+    return AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path), generation_config
+
+
+def load_rules(path: Path):
+    """The PromptRules of the HF folder at `path`."""
+    from .generation import PromptRules
+
+    return PromptRules(*rules_parts(path))
 
 
 def sampling_params(rules, request: TextRequest, seed: int, *, min_tokens: int = 0, stream: bool = False):

@@ -75,15 +75,8 @@ class VllmServer(TokenEvents):
 
     def __init__(self, path: Path, *, kv_cache_gib: float = 2.0, max_batch: int | None = None,
                  dtype: str = "float32", enforce_eager: bool = True, enable_lora: bool = False):
-        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
         self.path = Path(path)
-        try:
-            generation_config = GenerationConfig.from_pretrained(self.path)
-        except OSError:
-            generation_config = None
-        super().__init__(AutoTokenizer.from_pretrained(self.path), AutoConfig.from_pretrained(self.path),
-                         generation_config)
+        super().__init__(*vllm_engine.rules_parts(self.path))
         self.device = vllm_engine.device_kind()
         self.kv_cache_gib = kv_cache_gib
         self.max_batch = max(1, max_batch or vllm_engine.DEFAULT_MAX_SEQS[self.device])

@@ -12,7 +12,7 @@ request with the same fields and counts.
   top-p, a seed of its own (the same request and seed give the same output on vLLM, not the same as
   on transformers: the two draw differently), and the tool grammar of a request that offers tools
   (constrained.tool_grammar, compiled by llguidance inside vLLM).
-- `load_rules`: the PromptRules of a folder without loading its weights in this process.
+- `rules_parts`: what a folder's PromptRules are built from, without loading its weights.
 """
 
 from __future__ import annotations
@@ -83,12 +83,6 @@ def rules_parts(path: Path) -> tuple:
         generation_config = None
     return AutoTokenizer.from_pretrained(path), AutoConfig.from_pretrained(path), generation_config
 
-
-def load_rules(path: Path):
-    """The PromptRules of the HF folder at `path`."""
-    from .generation import PromptRules
-
-    return PromptRules(*rules_parts(path))
 
 
 def sampling_params(rules, request: TextRequest, seed: int, *, min_tokens: int = 0, stream: bool = False):

@@ -204,13 +204,6 @@ class SharedEngines:
             raise
         return SharedHold(self, key, entry.engine)
 
-    def holders(self, path, kv_cache_gib: float, adapters: bool = False) -> int:
-        from pathlib import Path
-
-        with self._lock:
-            entry = self._entries.get((str(Path(path).resolve()), float(kv_cache_gib), bool(adapters)))
-            return entry.holders if entry is not None else 0
-
     def _release(self, key: tuple, drain: bool, entry: _SharedEntry | None = None) -> None:
         with self._lock:
             entry = entry or self._entries.get(key)
